@@ -1,0 +1,51 @@
+"""The object store port: five verbs, opaque keys, no DICOM knowledge.
+
+Keys are opaque strings chosen by :func:`new_key` (``ab/cd/<uuid>``): never UIDs or names,
+so nothing about a patient leaks into a storage path or bucket listing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import BinaryIO, Protocol, runtime_checkable
+
+from storage.objects.local import LocalObjectStore
+from storage.objects.memory import MemoryObjectStore
+
+
+def new_key() -> str:
+    """A fresh opaque object key, fanned out over two directory levels."""
+    u = uuid.uuid4().hex
+    return f"{u[0:2]}/{u[2:4]}/{u}"
+
+
+@runtime_checkable
+class ObjectStore(Protocol):
+    """Where stored objects live. Implementations translate their own errors into
+    :class:`storage.errors.ObjectStoreError` / :class:`storage.errors.ObjectNotFound`."""
+
+    def put(self, key: str, data: bytes) -> None:
+        """Store ``data`` under ``key`` durably and atomically: after return it survives a crash,
+        and a reader never sees a partial object."""
+
+    def open(self, key: str) -> BinaryIO:
+        """A readable binary stream of the whole object."""
+
+    def read(self, key: str) -> bytes:
+        """The whole object."""
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        """``length`` bytes from ``offset`` (fewer at the end of the object)."""
+
+    def delete(self, key: str) -> None:
+        """Remove the object; removing a missing object is not an error."""
+
+    def exists(self, key: str) -> bool:
+        """Whether an object is stored under ``key``."""
+
+    def keys(self) -> Iterator[str]:
+        """Every key in the store (for verification and export)."""
+
+
+__all__ = ["LocalObjectStore", "MemoryObjectStore", "ObjectStore", "new_key"]

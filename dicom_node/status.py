@@ -1,0 +1,58 @@
+"""DIMSE statuses by name, and the one table that turns domain errors into them.
+
+C-STORE statuses: PS3.4 B.2.3 (Storage Service Class); general ones: PS3.7 C.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from storage.errors import (
+    ArchiveError,
+    IndexUnavailable,
+    MalformedDataset,
+    MissingAttribute,
+    NotDicom,
+    ObjectStoreError,
+    ObjectTooLarge,
+    SOPClassMismatch,
+)
+
+
+class Status(enum.IntEnum):
+    SUCCESS = 0x0000
+    # PS3.4 B.2.3: Refused: Out of Resources (A7xx), Error: Data Set does not match SOP Class
+    # (A9xx), Error: Cannot understand (Cxxx).
+    OUT_OF_RESOURCES = 0xA700
+    DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+    CANNOT_UNDERSTAND = 0xC000
+    # PS3.7 C.5: general failure statuses.
+    PROCESSING_FAILURE = 0x0110
+    NOT_AUTHORIZED = 0x0124
+
+
+# The translation table: the first matching class wins, so subclasses come first.
+_TABLE: tuple[tuple[type[ArchiveError], Status], ...] = (
+    (ObjectTooLarge, Status.OUT_OF_RESOURCES),
+    (SOPClassMismatch, Status.DATASET_DOES_NOT_MATCH_SOP_CLASS),
+    (NotDicom, Status.CANNOT_UNDERSTAND),
+    (MalformedDataset, Status.CANNOT_UNDERSTAND),
+    (MissingAttribute, Status.CANNOT_UNDERSTAND),
+    # Transient: the store or the index is down; the modality should retry later.
+    (ObjectStoreError, Status.OUT_OF_RESOURCES),
+    (IndexUnavailable, Status.OUT_OF_RESOURCES),
+)
+
+
+def status_for(exc: BaseException) -> Status:
+    """The DIMSE status for a failure; anything unexpected is a processing failure."""
+    for cls, status in _TABLE:
+        if isinstance(exc, cls):
+            return status
+    return Status.PROCESSING_FAILURE
+
+
+def error_comment(exc: BaseException) -> str:
+    """The Error Comment (0000,0902): LO, at most 64 characters, ASCII."""
+    text = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+    return text.encode("ascii", "replace").decode("ascii")[:64]

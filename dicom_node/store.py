@@ -1,0 +1,63 @@
+"""C-STORE SCP (PS3.4 B, Storage Service Class): a thin adapter over ``storage.ingest``."""
+
+from __future__ import annotations
+
+import logging
+
+from pydicom.dataset import Dataset
+from pynetdicom.events import Event
+
+from dicom_node.status import Status, error_comment, status_for
+from storage.errors import ArchiveError, RejectedInstance, SOPClassMismatch
+from storage.index import Source
+from storage.ingest import Ingest, Received
+
+log = logging.getLogger("filmless.dicom.store")
+
+
+def handle_store(event: Event, ingest: Ingest) -> Dataset | int:
+    """Store the received dataset; reply success only once it is durable and indexed."""
+    assoc = event.assoc
+    calling = assoc.requestor.ae_title.strip()
+    host = assoc.requestor.address
+    request = event.request
+    try:
+        data = request.DataSet.getvalue() if request.DataSet is not None else b""
+        negotiated = str(event.context.abstract_syntax)
+        requested = str(request.AffectedSOPClassUID or negotiated)
+        if requested != negotiated:
+            raise SOPClassMismatch(f"request SOP Class {requested} does not match the context's {negotiated}")
+        received = Received(
+            dataset=data,
+            transfer_syntax_uid=str(event.context.transfer_syntax),
+            source=Source(aet=calling, host=host),
+            expected_sop_class_uid=negotiated,
+            expected_sop_instance_uid=str(request.AffectedSOPInstanceUID or "") or None,
+        )
+        ingest.store_received(received)
+        return int(Status.SUCCESS)
+    except RejectedInstance as exc:
+        status = status_for(exc)
+        log.warning(
+            "C-STORE from %s@%s rejected (%s, 0x%04X): %s",
+            calling,
+            host,
+            status.name,
+            status,
+            exc.reason,
+        )
+        return _failure(status, exc)
+    except ArchiveError as exc:
+        status = status_for(exc)
+        log.error("C-STORE from %s@%s failed (%s): %s", calling, host, status.name, exc)
+        return _failure(status, exc)
+    except Exception as exc:  # noqa: BLE001 - never let a bug become an unanswered request
+        log.exception("C-STORE from %s@%s failed unexpectedly", calling, host)
+        return _failure(Status.PROCESSING_FAILURE, exc)
+
+
+def _failure(status: Status, exc: BaseException) -> Dataset:
+    rsp = Dataset()
+    rsp.Status = int(status)
+    rsp.ErrorComment = error_comment(exc)
+    return rsp

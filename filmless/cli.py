@@ -1,0 +1,156 @@
+"""The `filmless` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, get_args
+
+from pydantic import BaseModel, ValidationError
+
+from filmless import __version__
+from filmless.settings import Settings, load_settings
+
+# Options every subcommand takes (the archive's location).
+_COMMON = ("data", "index", "storage", "log_level")
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_setting(parser: argparse.ArgumentParser, name: str, field: Any, env: str) -> None:
+    annotation = field.annotation
+    help_text = f"{field.description or ''} [env {env}]"
+    dest = name
+    if annotation is bool:
+        parser.add_argument(
+            _option(name), dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text
+        )
+        return
+    choices = None
+    literal = get_args(annotation)
+    if literal and all(isinstance(a, str) for a in literal):
+        choices = list(literal)
+    elif isinstance(annotation, type) and issubclass(annotation, str) and hasattr(annotation, "__members__"):
+        choices = [m.value for m in annotation]  # type: ignore[attr-defined]
+    default = field.default if not isinstance(field.default, BaseModel) else None
+    parser.add_argument(
+        _option(name),
+        dest=dest,
+        default=None,
+        choices=choices,
+        metavar=name.upper() if not choices else None,
+        help=f"{help_text} (default: {default})",
+    )
+
+
+def _add_settings(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
+    """Add one option per setting (all of them, or ``names``), nested sections flattened."""
+    for name, field in Settings.model_fields.items():
+        if names is not None and name not in names:
+            continue
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            for sub, subfield in annotation.model_fields.items():
+                if sub.startswith("by_"):
+                    continue  # mappings: environment or settings file only
+                _add_setting(parser, f"{name}_{sub}", subfield, f"FILMLESS_{name.upper()}__{sub.upper()}")
+        else:
+            _add_setting(parser, name, field, f"FILMLESS_{name.upper()}")
+    parser.add_argument("--config", type=Path, default=None, help="Settings file (TOML) [env FILMLESS_CONFIG]")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for name, field in Settings.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            for sub in annotation.model_fields:
+                value = getattr(args, f"{name}_{sub}", None)
+                if value is not None:
+                    nested.setdefault(name, {})[sub] = value
+        else:
+            value = getattr(args, name, None)
+            if value is not None:
+                overrides[name] = value
+    if nested:
+        # Merge with what the environment / file say for the other keys of the section.
+        base = load_settings(config_file=args.config)
+        for section, values in nested.items():
+            merged = getattr(base, section).model_dump()
+            merged.update(values)
+            overrides[section] = merged
+    return load_settings(overrides, config_file=args.config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="filmless", description="filmless PACS/RIS")
+    parser.add_argument("--version", action="version", version=f"filmless {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="Run the DICOM node, the HTTP API and compression workers")
+    _add_settings(p)
+
+    p = sub.add_parser("import", help="Import DICOM files, folders, DICOMDIR trees and .zip archives")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    p.add_argument("--no-wait", action="store_true", help="Do not wait for background compression to finish")
+    _add_settings(p, _COMMON + ("compression", "max_object_size"))
+
+    p = sub.add_parser("verify", help="Re-read every stored object and check it against the index")
+    _add_settings(p, _COMMON)
+
+    p = sub.add_parser("stats", help="Counts and bytes received vs stored, per modality")
+    p.add_argument("--json", action="store_true", help="Print a JSON object")
+    _add_settings(p, _COMMON)
+
+    p = sub.add_parser("compress", help="Run a compression worker (until stopped, or --once)")
+    p.add_argument("--once", action="store_true", help="Drain the queue and exit")
+    _add_settings(p, _COMMON)
+
+    ae = sub.add_parser("ae", help="The AE registry: the DICOM peers filmless knows")
+    ae_sub = ae.add_subparsers(dest="ae_command", required=True, metavar="ACTION")
+    p = ae_sub.add_parser("add", help="Register (or update) an AE")
+    p.add_argument("ae_title", metavar="AET")
+    p.add_argument("host", metavar="HOST")
+    p.add_argument("port", metavar="PORT", type=int)
+    p.add_argument("--description", default="", help="Free text, e.g. the room and the console")
+    _add_settings(p, _COMMON)
+    p = ae_sub.add_parser("list", help="List registered AEs")
+    p.add_argument("--json", action="store_true", help="Print JSON")
+    _add_settings(p, _COMMON)
+    p = ae_sub.add_parser("remove", help="Remove an AE")
+    p.add_argument("ae_title", metavar="AET")
+    _add_settings(p, _COMMON)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = _settings(args)
+    except (ValidationError, ValueError, FileNotFoundError) as exc:
+        print(f"filmless: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    from filmless import commands
+
+    handler = {
+        "serve": commands.serve,
+        "import": commands.import_,
+        "verify": commands.verify,
+        "stats": commands.stats,
+        "compress": commands.compress,
+        "ae": commands.ae,
+    }[args.command]
+    try:
+        return handler(settings, args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

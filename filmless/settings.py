@@ -1,0 +1,139 @@
+"""All settings, read once at start-up.
+
+Every field is a command-line option of ``filmless serve`` (``--dicom-port``), an environment
+variable (``FILMLESS_DICOM_PORT``; nested sections as ``FILMLESS_COMPRESSION__CODEC``) and an
+entry of the settings file (TOML, ``--config FILE`` or ``FILMLESS_CONFIG``). Precedence:
+command line > environment > settings file > defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from storage.codecs import CompressionPolicy, StorageCodec
+from storage.ingest import CompressionMode
+
+
+class CompressionSettings(BaseModel):
+    """How images are stored."""
+
+    codec: StorageCodec = Field(
+        StorageCodec.JPEG_LS,
+        description="Codec for uncompressed images: jpeg-ls (lossless, default), jpeg2000 "
+        "(lossless) or as-received. Already-compressed and non-image objects are always kept as received.",
+    )
+    by_modality: dict[str, StorageCodec] = Field(
+        default_factory=dict,
+        description='Per-modality codec overrides, e.g. {"US": "as-received"}.',
+    )
+    by_sop_class: dict[str, StorageCodec] = Field(
+        default_factory=dict,
+        description="Per-SOP-Class-UID codec overrides; they win over per-modality ones.",
+    )
+    mode: CompressionMode = Field(
+        CompressionMode.BACKGROUND,
+        description="background: store as received, acknowledge, compress in worker processes "
+        "(fast acknowledgements); inline: compress before acknowledging.",
+    )
+    workers: int = Field(1, ge=0, le=64, description="Background compression worker processes (0: none).")
+
+    def policy(self) -> CompressionPolicy:
+        return CompressionPolicy(
+            default=self.codec,
+            by_modality={k.upper(): v for k, v in self.by_modality.items()},
+            by_sop_class=dict(self.by_sop_class),
+        )
+
+
+class Settings(BaseSettings):
+    """filmless settings."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FILMLESS_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    environment: Literal["development", "production"] = Field(
+        "development", description="production refuses unsafe defaults (unknown AEs allowed)."
+    )
+    data: Path = Field(Path("filmless-data"), description="Home of the index and the objects.")
+    index: str | None = Field(
+        None, description="SQLAlchemy URL of the index; default sqlite:///<data>/index.sqlite."
+    )
+    storage: str | None = Field(None, description="Object store URL; default file://<data>/objects.")
+    ae_title: str = Field("FILMLESS", min_length=1, max_length=16, description="Our DICOM AE title.")
+    dicom_host: str = Field("0.0.0.0", description="Address the DICOM port listens on.")
+    dicom_port: int = Field(11112, ge=0, le=65535, description="DICOM (DIMSE) port.")
+    http_host: str = Field("0.0.0.0", description="Address the HTTP API listens on.")
+    http_port: int = Field(8080, ge=0, le=65535, description="HTTP API port.")
+    accept_unknown_aes: bool = Field(
+        True,
+        description="Accept associations from AE titles not in the AE registry (logged with a "
+        "warning). Refused in production.",
+    )
+    check_ae_host: bool = Field(
+        True, description="For registered AEs, also require the connection to come from the registered host."
+    )
+    max_associations: int = Field(32, ge=1, le=1024, description="Concurrent DICOM associations.")
+    max_pdu_size: int = Field(
+        262144, ge=0, description="Largest P-DATA PDU we accept (bytes; 0 = unlimited)."
+    )
+    tcp_nodelay: bool = Field(True, description="Disable Nagle's algorithm on DICOM connections.")
+    network_timeout: float = Field(60.0, gt=0, description="Seconds of silence before an association is aborted.")
+    max_object_size: int = Field(
+        2 * 1024**3, ge=1024, description="Largest object accepted (bytes); larger ones are refused."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    compression: CompressionSettings = Field(default_factory=CompressionSettings)  # type: ignore[arg-type]
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> Settings:
+        if self.environment == "production" and self.accept_unknown_aes:
+            raise ValueError(
+                "accept_unknown_aes must be false in production: register modalities with `filmless ae add`"
+            )
+        return self
+
+    @property
+    def index_url(self) -> str:
+        return self.index or f"sqlite:///{(self.data / 'index.sqlite').resolve()}"
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"file://{(self.data / 'objects').resolve()}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config_file = os.environ.get("FILMLESS_CONFIG")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+
+def load_settings(overrides: dict[str, Any] | None = None, config_file: Path | None = None) -> Settings:
+    """Build the settings from command-line ``overrides``, the environment and the file."""
+    if config_file is not None:
+        if not config_file.is_file():
+            raise FileNotFoundError(f"settings file not found: {config_file}")
+        os.environ["FILMLESS_CONFIG"] = str(config_file)
+    return Settings(**{k: v for k, v in (overrides or {}).items() if v is not None})

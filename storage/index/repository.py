@@ -1,0 +1,585 @@
+"""The index: every SQL statement of the archive lives in this package.
+
+Writes happen in short transactions opened with :meth:`Index.write`; SQLAlchemy and driver
+errors are translated here into the domain tree (:mod:`storage.errors`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, and_, delete, func, insert, or_, select, update
+from sqlalchemy.engine import Connection, Row
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from storage.attributes import InstanceAttributes
+from storage.errors import IndexUnavailable, InstanceAlreadyExists
+from storage.index.engine import WRITE_OPTION
+from storage.index.schema import (
+    SCHEMA_VERSION,
+    application_entity,
+    audit_event,
+    compression_job,
+    instance,
+    instance_version,
+    meta,
+    metadata,
+    object_gc,
+    patient,
+    series,
+    study,
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """Facts about an object written to the store, as the index records them."""
+
+    key: str
+    sha256: str
+    size: int
+    transfer_syntax_uid: str
+
+
+@dataclass(frozen=True)
+class Source:
+    """Who sent an instance: a DICOM peer (AE title and host) or an import."""
+
+    aet: str | None
+    host: str | None
+
+
+@dataclass(frozen=True)
+class CompressionJob:
+    pk: int
+    instance_pk: int
+    object_key: str
+    target_transfer_syntax: str
+    attempts: int
+    stale_target_key: str | None
+
+
+@dataclass(frozen=True)
+class ApplicationEntity:
+    ae_title: str
+    host: str
+    port: int
+    description: str
+
+
+class Index:
+    """The metadata index over one SQLAlchemy engine (SQLite or PostgreSQL)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._writer = engine.execution_options(**{WRITE_OPTION: True})
+
+    # --- transactions ---------------------------------------------------------------------
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction; commits on success, rolls back on any exception."""
+        try:
+            with self._writer.begin() as conn:
+                yield conn
+        except IntegrityError as exc:
+            raise InstanceAlreadyExists(str(exc.orig)[:200]) from exc
+        except (OperationalError, DBAPIError) as exc:
+            raise IndexUnavailable(f"index unavailable: {str(exc.orig)[:200]}") from exc
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except (OperationalError, DBAPIError) as exc:
+            raise IndexUnavailable(f"index unavailable: {str(exc.orig)[:200]}") from exc
+
+    def create(self) -> None:
+        """Create missing tables and record the schema version."""
+        try:
+            metadata.create_all(self.engine)
+        except (OperationalError, DBAPIError) as exc:
+            raise IndexUnavailable(f"cannot create the index: {str(exc.orig)[:200]}") from exc
+        with self.write() as conn:
+            current = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
+            if current is None:
+                conn.execute(insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # --- instances --------------------------------------------------------------------------
+    @staticmethod
+    def find_instance(conn: Connection, sop_instance_uid: str) -> Row[Any] | None:
+        return conn.execute(select(instance).where(instance.c.sop_instance_uid == sop_instance_uid)).first()
+
+    def get_instance(self, sop_instance_uid: str) -> Row[Any] | None:
+        with self.read() as conn:
+            return self.find_instance(conn, sop_instance_uid)
+
+    def insert_instance(
+        self,
+        conn: Connection,
+        attrs: InstanceAttributes,
+        received: StoredObject,
+        stored: StoredObject,
+        received_sha256: str,
+        source: Source,
+        *,
+        pending_compression: bool,
+        flags: str = "",
+        note: str = "",
+    ) -> int:
+        now = utcnow()
+        series_pk, study_pk = self._upsert_hierarchy(conn, attrs, now)
+        values = dict(attrs.instance)
+        values.update(
+            series_pk=series_pk,
+            received_transfer_syntax=received.transfer_syntax_uid,
+            stored_transfer_syntax=stored.transfer_syntax_uid,
+            received_size=received.size,
+            received_sha256=received_sha256,
+            stored_size=stored.size,
+            object_key=stored.key,
+            object_sha256=stored.sha256,
+            version=1,
+            pending_compression=pending_compression,
+            compression_note=note or None,
+            flags=flags,
+            warnings="\n".join(attrs.warnings) or None,
+            source_aet=source.aet,
+            source_host=source.host,
+            received_at=now,
+            stored_at=now,
+        )
+        pk = int(conn.execute(insert(instance).values(**values)).inserted_primary_key[0])
+        self._refresh_derived(conn, series_pk, study_pk, now)
+        return pk
+
+    def replace_instance(
+        self,
+        conn: Connection,
+        existing: Row[Any],
+        attrs: InstanceAttributes,
+        received: StoredObject,
+        stored: StoredObject,
+        received_sha256: str,
+        source: Source,
+        *,
+        pending_compression: bool,
+        flags: str = "",
+        note: str = "",
+    ) -> int:
+        """Make a new version current; the previous object is kept in ``instance_version``."""
+        now = utcnow()
+        conn.execute(
+            insert(instance_version).values(
+                sop_instance_uid=existing.sop_instance_uid,
+                version=existing.version,
+                object_key=existing.object_key,
+                object_sha256=existing.object_sha256,
+                stored_size=existing.stored_size,
+                stored_transfer_syntax=existing.stored_transfer_syntax,
+                received_sha256=existing.received_sha256,
+                received_at=existing.received_at,
+                superseded_at=now,
+                source_aet=existing.source_aet,
+                source_host=existing.source_host,
+            )
+        )
+        conn.execute(delete(compression_job).where(compression_job.c.instance_pk == existing.pk))
+        old_series_pk = existing.series_pk
+        old_study_pk = conn.execute(select(series.c.study_pk).where(series.c.pk == old_series_pk)).scalar_one()
+        series_pk, study_pk = self._upsert_hierarchy(conn, attrs, now)
+        values = dict(attrs.instance)
+        values.update(
+            series_pk=series_pk,
+            received_transfer_syntax=received.transfer_syntax_uid,
+            stored_transfer_syntax=stored.transfer_syntax_uid,
+            received_size=received.size,
+            received_sha256=received_sha256,
+            stored_size=stored.size,
+            object_key=stored.key,
+            object_sha256=stored.sha256,
+            version=existing.version + 1,
+            pending_compression=pending_compression,
+            compression_note=note or None,
+            flags=flags,
+            warnings="\n".join(attrs.warnings) or None,
+            source_aet=source.aet,
+            source_host=source.host,
+            received_at=now,
+            stored_at=now,
+        )
+        conn.execute(update(instance).where(instance.c.pk == existing.pk).values(**values))
+        self._refresh_derived(conn, series_pk, study_pk, now)
+        if old_series_pk != series_pk:
+            self._refresh_derived(conn, old_series_pk, old_study_pk, now)
+        return int(existing.pk)
+
+    def _upsert_hierarchy(self, conn: Connection, attrs: InstanceAttributes, now: datetime) -> tuple[int, int]:
+        patient_pk = self._upsert(conn, patient, "patient_key", attrs.patient, {}, now)
+        study_pk = self._upsert(
+            conn, study, "study_instance_uid", attrs.study, {"patient_pk": patient_pk}, now
+        )
+        series_pk = self._upsert(
+            conn, series, "series_instance_uid", attrs.series, {"study_pk": study_pk}, now
+        )
+        return series_pk, study_pk
+
+    @staticmethod
+    def _upsert(
+        conn: Connection,
+        table: Any,
+        key: str,
+        values: Mapping[str, Any],
+        parents: Mapping[str, Any],
+        now: datetime,
+    ) -> int:
+        """Insert the row, or fill in values the existing row lacks (first arrival wins for
+        non-empty values; later instances complete what earlier ones left empty)."""
+        row = conn.execute(select(table).where(table.c[key] == values[key])).first()
+        if row is None:
+            return int(
+                conn.execute(
+                    insert(table).values(**values, **parents, created_at=now, updated_at=now)
+                ).inserted_primary_key[0]
+            )
+        changes = {
+            name: value
+            for name, value in values.items()
+            if value not in (None, "") and getattr(row, name) in (None, "")
+        }
+        for name, value in parents.items():
+            if getattr(row, name) != value:
+                changes[name] = value
+        if changes:
+            conn.execute(update(table).where(table.c.pk == row.pk).values(**changes, updated_at=now))
+        return int(row.pk)
+
+    @staticmethod
+    def _refresh_derived(conn: Connection, series_pk: int, study_pk: int, now: datetime) -> None:
+        """Recompute the counts and the ModalitiesInStudy / SOPClassesInStudy of one study.
+
+        The first UPDATE takes the study's row lock, so a concurrent ingest into the same study
+        waits and then recomputes over both instances (PostgreSQL READ COMMITTED)."""
+        conn.execute(update(study).where(study.c.pk == study_pk).values(updated_at=now))
+        series_count = (
+            select(func.count()).select_from(instance).where(instance.c.series_pk == series_pk)
+        ).scalar_subquery()
+        conn.execute(
+            update(series)
+            .where(series.c.pk == series_pk)
+            .values(number_of_instances=series_count, updated_at=now)
+        )
+        in_study = select(series.c.pk).where(
+            and_(series.c.study_pk == study_pk, series.c.number_of_instances > 0)
+        )
+        totals = conn.execute(
+            select(
+                func.count(),
+                func.coalesce(func.sum(instance.c.received_size), 0),
+                func.coalesce(func.sum(instance.c.stored_size), 0),
+            ).where(instance.c.series_pk.in_(in_study))
+        ).one()
+        modalities = sorted(
+            m
+            for m in conn.execute(
+                select(series.c.modality)
+                .distinct()
+                .where(and_(series.c.study_pk == study_pk, series.c.number_of_instances > 0))
+            ).scalars()
+            if m
+        )
+        sop_classes = sorted(
+            conn.execute(
+                select(instance.c.sop_class_uid).distinct().where(instance.c.series_pk.in_(in_study))
+            ).scalars()
+        )
+        n_series = conn.execute(select(func.count()).select_from(in_study.subquery())).scalar_one()
+        conn.execute(
+            update(study)
+            .where(study.c.pk == study_pk)
+            .values(
+                number_of_series=n_series,
+                number_of_instances=totals[0],
+                received_bytes=totals[1],
+                stored_bytes=totals[2],
+                modalities_in_study="\\".join(modalities),
+                sop_classes_in_study="\\".join(sop_classes),
+            )
+        )
+
+    def study_of_instance(self, conn: Connection, instance_pk: int) -> tuple[int, int]:
+        row = conn.execute(
+            select(series.c.pk, series.c.study_pk)
+            .select_from(instance.join(series, instance.c.series_pk == series.c.pk))
+            .where(instance.c.pk == instance_pk)
+        ).one()
+        return int(row[0]), int(row[1])
+
+    # --- the compression queue ------------------------------------------------------------
+    @staticmethod
+    def enqueue_compression(conn: Connection, instance_pk: int, object_key: str, target_ts: str) -> None:
+        conn.execute(
+            insert(compression_job).values(
+                instance_pk=instance_pk,
+                object_key=object_key,
+                target_transfer_syntax=target_ts,
+                attempts=0,
+                created_at=utcnow(),
+            )
+        )
+
+    def claim_jobs(self, worker: str, limit: int, lease: timedelta) -> list[CompressionJob]:
+        """Claim up to ``limit`` jobs whose lease is free or expired (a crashed worker's)."""
+        now = utcnow()
+        with self.write() as conn:
+            rows = conn.execute(
+                select(compression_job)
+                .where(or_(compression_job.c.claimed_until.is_(None), compression_job.c.claimed_until < now))
+                .order_by(compression_job.c.pk)
+                .limit(limit)
+            ).all()
+            if not rows:
+                return []
+            conn.execute(
+                update(compression_job)
+                .where(compression_job.c.pk.in_([r.pk for r in rows]))
+                .values(
+                    claimed_by=worker,
+                    claimed_until=now + lease,
+                    attempts=compression_job.c.attempts + 1,
+                    target_key=None,
+                )
+            )
+            jobs = [
+                CompressionJob(r.pk, r.instance_pk, r.object_key, r.target_transfer_syntax, r.attempts + 1, r.target_key)
+                for r in rows
+            ]
+            for job in jobs:
+                if job.stale_target_key:
+                    # A worker died between writing its result and committing the swap.
+                    self._schedule_delete(conn, job.stale_target_key, "abandoned compression result")
+            return jobs
+
+    def pending_jobs(self) -> int:
+        with self.read() as conn:
+            return int(conn.execute(select(func.count()).select_from(compression_job)).scalar_one())
+
+    def record_job_target(self, job: CompressionJob, target_key: str) -> None:
+        """Write-ahead note of the key a result is about to be written to."""
+        with self.write() as conn:
+            conn.execute(update(compression_job).where(compression_job.c.pk == job.pk).values(target_key=target_key))
+
+    def finish_job_swapped(self, job: CompressionJob, stored: StoredObject) -> bool:
+        """Make the compressed object current and schedule the original for deletion.
+
+        Returns False (and schedules the new object for deletion) when the instance moved on to
+        another object meanwhile."""
+        now = utcnow()
+        with self.write() as conn:
+            row = conn.execute(select(instance).where(instance.c.pk == job.instance_pk)).first()
+            conn.execute(delete(compression_job).where(compression_job.c.pk == job.pk))
+            if row is None or row.object_key != job.object_key:
+                self._schedule_delete(conn, stored.key, "stale compression result")
+                return False
+            conn.execute(
+                update(instance)
+                .where(instance.c.pk == job.instance_pk)
+                .values(
+                    object_key=stored.key,
+                    object_sha256=stored.sha256,
+                    stored_size=stored.size,
+                    stored_transfer_syntax=stored.transfer_syntax_uid,
+                    pending_compression=False,
+                    compression_note=None,
+                    stored_at=now,
+                )
+            )
+            self._schedule_delete(conn, job.object_key, "replaced by compressed object")
+            series_pk, study_pk = self.study_of_instance(conn, job.instance_pk)
+            self._refresh_derived(conn, series_pk, study_pk, now)
+            return True
+
+    def finish_job_kept(self, job: CompressionJob, note: str, flag: str = "") -> None:
+        """The original stays the stored object (nothing to gain, or the check failed)."""
+        with self.write() as conn:
+            row = conn.execute(select(instance).where(instance.c.pk == job.instance_pk)).first()
+            conn.execute(delete(compression_job).where(compression_job.c.pk == job.pk))
+            if row is None or row.object_key != job.object_key:
+                return
+            flags = row.flags or ""
+            if flag and flag not in flags.split(","):
+                flags = ",".join(f for f in (flags, flag) if f)
+            conn.execute(
+                update(instance)
+                .where(instance.c.pk == job.instance_pk)
+                .values(pending_compression=False, compression_note=note[:400] or None, flags=flags)
+            )
+
+    def release_job(self, job: CompressionJob, error: str, retry_after: timedelta) -> None:
+        with self.write() as conn:
+            conn.execute(
+                update(compression_job)
+                .where(compression_job.c.pk == job.pk)
+                .values(claimed_until=utcnow() + retry_after, last_error=error[:400], claimed_by=None)
+            )
+
+    # --- deferred deletion ------------------------------------------------------------------
+    @staticmethod
+    def _schedule_delete(conn: Connection, key: str, reason: str) -> None:
+        conn.execute(insert(object_gc).values(object_key=key, reason=reason, created_at=utcnow()))
+
+    def schedule_delete(self, key: str, reason: str) -> None:
+        with self.write() as conn:
+            self._schedule_delete(conn, key, reason)
+
+    def deletions(self, limit: int = 100) -> list[tuple[int, str]]:
+        with self.read() as conn:
+            rows = conn.execute(select(object_gc.c.pk, object_gc.c.object_key).order_by(object_gc.c.pk).limit(limit))
+            return [(int(r[0]), str(r[1])) for r in rows]
+
+    def is_referenced(self, key: str) -> bool:
+        with self.read() as conn:
+            return (
+                conn.execute(select(instance.c.pk).where(instance.c.object_key == key)).first() is not None
+                or conn.execute(select(instance_version.c.pk).where(instance_version.c.object_key == key)).first()
+                is not None
+            )
+
+    def deletion_done(self, pk: int) -> None:
+        with self.write() as conn:
+            conn.execute(delete(object_gc).where(object_gc.c.pk == pk))
+
+    # --- verification and statistics --------------------------------------------------------
+    def referenced_objects(self) -> Iterator[tuple[str, str, str, str]]:
+        """(kind, sop_instance_uid, object_key, sha256) of every object the index points at."""
+        with self.read() as conn:
+            for r in conn.execute(select(instance.c.sop_instance_uid, instance.c.object_key, instance.c.object_sha256)):
+                yield "current", r[0], r[1], r[2]
+            for r in conn.execute(
+                select(instance_version.c.sop_instance_uid, instance_version.c.object_key, instance_version.c.object_sha256)
+            ):
+                yield "prior version", r[0], r[1], r[2]
+
+    def transient_keys(self) -> set[str]:
+        """Keys that may exist without an instance row: pending deletions and in-flight results."""
+        with self.read() as conn:
+            keys = set(conn.execute(select(object_gc.c.object_key)).scalars())
+            keys |= {k for k in conn.execute(select(compression_job.c.target_key)).scalars() if k}
+            return keys
+
+    def stats(self) -> dict[str, Any]:
+        with self.read() as conn:
+            def count(table: Any) -> int:
+                return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+
+            received, stored = conn.execute(
+                select(
+                    func.coalesce(func.sum(instance.c.received_size), 0),
+                    func.coalesce(func.sum(instance.c.stored_size), 0),
+                )
+            ).one()
+            prior = conn.execute(select(func.coalesce(func.sum(instance_version.c.stored_size), 0))).scalar_one()
+            pending = conn.execute(
+                select(func.count()).select_from(instance).where(instance.c.pending_compression.is_(True))
+            ).scalar_one()
+            per_modality: dict[str, dict[str, int]] = {}
+            rows = conn.execute(
+                select(
+                    series.c.modality,
+                    func.count(),
+                    func.coalesce(func.sum(instance.c.received_size), 0),
+                    func.coalesce(func.sum(instance.c.stored_size), 0),
+                )
+                .select_from(instance.join(series, instance.c.series_pk == series.c.pk))
+                .group_by(series.c.modality)
+            )
+            for modality, n, rec, sto in rows:
+                per_modality[modality or "?"] = {
+                    "instances": int(n),
+                    "received_bytes": int(rec),
+                    "stored_bytes": int(sto),
+                }
+            return {
+                "patients": count(patient),
+                "studies": count(study),
+                "series": count(series),
+                "instances": count(instance),
+                "prior_versions": count(instance_version),
+                "received_bytes": int(received),
+                "stored_bytes": int(stored) + int(prior),
+                "pending_compression": int(pending),
+                "by_modality": per_modality,
+            }
+
+    # --- the AE registry -------------------------------------------------------------------
+    def add_ae(self, ae: ApplicationEntity) -> None:
+        with self.write() as conn:
+            conn.execute(delete(application_entity).where(application_entity.c.ae_title == ae.ae_title))
+            conn.execute(
+                insert(application_entity).values(
+                    ae_title=ae.ae_title, host=ae.host, port=ae.port, description=ae.description, created_at=utcnow()
+                )
+            )
+
+    def remove_ae(self, ae_title: str) -> bool:
+        with self.write() as conn:
+            result = conn.execute(delete(application_entity).where(application_entity.c.ae_title == ae_title))
+            return bool(result.rowcount)
+
+    def list_aes(self) -> list[ApplicationEntity]:
+        with self.read() as conn:
+            rows = conn.execute(select(application_entity).order_by(application_entity.c.ae_title))
+            return [ApplicationEntity(r.ae_title, r.host, r.port, r.description) for r in rows]
+
+    def get_ae(self, ae_title: str) -> ApplicationEntity | None:
+        with self.read() as conn:
+            r = conn.execute(select(application_entity).where(application_entity.c.ae_title == ae_title)).first()
+            return ApplicationEntity(r.ae_title, r.host, r.port, r.description) if r else None
+
+    # --- the audit log ---------------------------------------------------------------------
+    @staticmethod
+    def audit(
+        conn: Connection,
+        action: str,
+        outcome: str,
+        *,
+        actor: str | None = None,
+        actor_host: str | None = None,
+        study_instance_uid: str | None = None,
+        series_instance_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
+        conn.execute(
+            insert(audit_event).values(
+                at=utcnow(),
+                action=action,
+                outcome=outcome,
+                actor=actor,
+                actor_host=actor_host,
+                study_instance_uid=study_instance_uid,
+                series_instance_uid=series_instance_uid,
+                sop_instance_uid=sop_instance_uid,
+                detail=json.dumps(dict(detail), ensure_ascii=False) if detail else None,
+            )
+        )
+
+    def record_audit(self, action: str, outcome: str, **kwargs: Any) -> None:
+        with self.write() as conn:
+            self.audit(conn, action, outcome, **kwargs)
+
+    def audit_events(self, limit: int = 100) -> Sequence[Row[Any]]:
+        with self.read() as conn:
+            return conn.execute(select(audit_event).order_by(audit_event.c.pk.desc()).limit(limit)).all()

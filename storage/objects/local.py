@@ -1,0 +1,131 @@
+"""Objects as files under one directory, written atomically and durably.
+
+put = write a temporary file in the target directory, fsync it, rename over the final name,
+fsync the directory. A crash leaves either no object or the whole object, never a partial one;
+leftover ``*.tmp`` files are ignored by :meth:`keys` and swept by :meth:`sweep_temporaries`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from storage.errors import ObjectNotFound, ObjectStoreError
+
+_TMP_SUFFIX = ".tmp"
+
+
+class LocalObjectStore:
+    """An :class:`storage.objects.ObjectStore` on a local (or mounted) filesystem."""
+
+    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+        self.root = Path(root)
+        self.fsync = fsync
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ObjectStoreError(f"cannot create object directory: {exc.strerror}") from exc
+
+    def _path(self, key: str) -> Path:
+        if not key or key.startswith("/") or ".." in key.split("/"):
+            raise ObjectStoreError(f"invalid object key {key!r}")
+        return self.root / key
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{time.monotonic_ns()}{_TMP_SUFFIX}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            if self.fsync:
+                _fsync_dir(path.parent)
+        except OSError as exc:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            raise ObjectStoreError(f"cannot write object: {exc.strerror or exc}") from exc
+
+    def open(self, key: str) -> BinaryIO:
+        try:
+            return open(self._path(key), "rb")
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(key) from exc
+        except OSError as exc:
+            raise ObjectStoreError(f"cannot open object: {exc.strerror}") from exc
+
+    def read(self, key: str) -> bytes:
+        with self.open(key) as fh:
+            try:
+                return fh.read()
+            except OSError as exc:
+                raise ObjectStoreError(f"cannot read object: {exc.strerror}") from exc
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        with self.open(key) as fh:
+            try:
+                fh.seek(offset)
+                return fh.read(length)
+            except OSError as exc:
+                raise ObjectStoreError(f"cannot read object: {exc.strerror}") from exc
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise ObjectStoreError(f"cannot delete object: {exc.strerror}") from exc
+        for parent in (path.parent, path.parent.parent):
+            try:
+                parent.rmdir()
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT, errno.EBUSY):
+                    break
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def keys(self) -> Iterator[str]:
+        for dirpath, _dirnames, filenames in os.walk(self.root):
+            for name in filenames:
+                if name.endswith(_TMP_SUFFIX):
+                    continue
+                full = Path(dirpath, name)
+                yield full.relative_to(self.root).as_posix()
+
+    def sweep_temporaries(self) -> int:
+        """Remove temporary files a crash left behind; returns how many."""
+        removed = 0
+        for dirpath, _dirnames, filenames in os.walk(self.root):
+            for name in filenames:
+                if name.endswith(_TMP_SUFFIX):
+                    try:
+                        Path(dirpath, name).unlink()
+                        removed += 1
+                    except OSError:
+                        pass
+        return removed
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,282 @@
+"""DICOM Part 10 framing: splitting files, building file meta, checking a dataset is whole.
+
+Everything here works on bytes, below pydicom, because two things need exactness pydicom does
+not give: the stored object must keep the received dataset bytes unchanged, and a truncated
+dataset must be recognised (pydicom reads a cut-off file silently as a shorter dataset).
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+from io import BytesIO
+
+from pydicom.dataset import FileMetaDataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+
+from storage.errors import MalformedDataset, NotDicom
+
+IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1463.1"
+IMPLEMENTATION_VERSION_NAME = "FILMLESS_010"
+
+_PREAMBLE = b"\x00" * 128 + b"DICM"
+# VRs whose explicit encoding has a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2).
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_ALL_VRS = _LONG_VRS | {
+    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT",
+    b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US",
+}
+_UNDEFINED = 0xFFFFFFFF
+_ITEM = (0xFFFE, 0xE000)
+_ITEM_DELIM = (0xFFFE, 0xE00D)
+_SEQ_DELIM = (0xFFFE, 0xE0DD)
+
+
+@dataclass(frozen=True)
+class Part10:
+    """A split Part 10 object: its transfer syntax and the dataset bytes after the meta."""
+
+    transfer_syntax_uid: str
+    dataset: bytes
+    source_aet: str | None = None
+
+
+def split(data: bytes) -> Part10:
+    """Split a file's bytes into transfer syntax and dataset bytes.
+
+    Accepts Part 10 files (preamble + ``DICM`` + group 2), files with the meta but no
+    preamble, and bare datasets (implicit or explicit VR little endian) as old systems wrote.
+    """
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return _split_meta(data, 132)
+    if len(data) >= 8 and data[0:2] == b"\x02\x00" and data[4:6] in _ALL_VRS:
+        return _split_meta(data, 0)
+    if len(data) >= 8 and data[0:2] in (b"\x08\x00", b"\x10\x00"):
+        explicit = data[4:6] in _ALL_VRS
+        ts = ExplicitVRLittleEndian if explicit else ImplicitVRLittleEndian
+        return Part10(str(ts), data)
+    raise NotDicom("not a DICOM file (no DICM prefix and no recognisable dataset start)")
+
+
+def _split_meta(data: bytes, offset: int) -> Part10:
+    ts: str | None = None
+    source_aet: str | None = None
+    pos = offset
+    while pos + 8 <= len(data):
+        group, elem = struct.unpack_from("<HH", data, pos)
+        if group != 0x0002:
+            break
+        vr = data[pos + 4 : pos + 6]
+        if vr in _LONG_VRS:
+            if pos + 12 > len(data):
+                raise MalformedDataset("file meta information is truncated")
+            (length,) = struct.unpack_from("<I", data, pos + 8)
+            header = 12
+        elif vr in _ALL_VRS:
+            (length,) = struct.unpack_from("<H", data, pos + 6)
+            header = 8
+        else:
+            raise MalformedDataset("file meta information is not explicit VR little endian")
+        value = data[pos + header : pos + header + length]
+        if len(value) < length:
+            raise MalformedDataset("file meta information is truncated")
+        if elem == 0x0010:
+            ts = value.rstrip(b"\x00 ").decode("ascii", "replace")
+        elif elem == 0x0016:
+            source_aet = value.strip(b"\x00 ").decode("ascii", "replace") or None
+        pos += header + length
+    if not ts:
+        raise MalformedDataset("file meta information has no Transfer Syntax UID")
+    return Part10(ts, data[pos:], source_aet)
+
+
+def build_file(
+    dataset: bytes,
+    *,
+    transfer_syntax_uid: str,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    source_aet: str | None = None,
+) -> bytes:
+    """Preamble + file meta (PS3.10 7.1) + the dataset bytes unchanged."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.TransferSyntaxUID = transfer_syntax_uid
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    if source_aet:
+        meta.SourceApplicationEntityTitle = source_aet[:16]
+    buf = BytesIO()
+    buf.write(_PREAMBLE)
+    write_file_meta_info(buf, meta, enforce_standard=True)
+    buf.write(dataset)
+    return buf.getvalue()
+
+
+def encoding_of(transfer_syntax_uid: str) -> tuple[bool, bool]:
+    """(implicit VR, little endian) of the dataset encoding of a transfer syntax."""
+    if transfer_syntax_uid == ImplicitVRLittleEndian:
+        return True, True
+    if transfer_syntax_uid == ExplicitVRBigEndian:
+        return False, False
+    return False, True
+
+
+def inflate(dataset: bytes) -> bytes:
+    """The raw deflate stream of Deflated Explicit VR Little Endian (PS3.5 A.5), inflated."""
+    try:
+        return zlib.decompress(dataset, -zlib.MAX_WBITS)
+    except zlib.error as exc:
+        raise MalformedDataset(f"deflated dataset cannot be inflated: {exc}") from exc
+
+
+def check_complete(dataset: bytes, transfer_syntax_uid: str) -> bool:
+    """Walk the element structure and raise :class:`MalformedDataset` if it is cut short.
+
+    Every defined length must fit in the bytes that remain, every undefined-length sequence,
+    item and encapsulated pixel data must be closed by its delimiter (PS3.5 7.5).
+    Returns whether the dataset has top-level Pixel Data.
+    """
+    if transfer_syntax_uid == DeflatedExplicitVRLittleEndian:
+        dataset = inflate(dataset)
+    implicit, little = encoding_of(transfer_syntax_uid)
+    if not dataset:
+        raise MalformedDataset("the dataset is empty")
+    top_level_pixel_data = [False]
+    try:
+        end = _walk(dataset, 0, len(dataset), implicit, little, until=None, seen=top_level_pixel_data)
+    except MalformedDataset:
+        if implicit or not little or dataset[4:6] in _ALL_VRS:
+            raise
+        # Some writers put an implicit VR dataset behind an explicit transfer syntax;
+        # pydicom reads those by looking, and so do we.
+        end = _walk(dataset, 0, len(dataset), True, little, until=None, seen=top_level_pixel_data)
+    if end != len(dataset) and dataset[end:].strip(b"\x00"):
+        raise MalformedDataset(f"unparseable bytes at offset {end} of the dataset")
+    return top_level_pixel_data[0]
+
+
+def _walk(
+    data: bytes,
+    pos: int,
+    end: int,
+    implicit: bool,
+    little: bool,
+    until: tuple[int, int] | None,
+    seen: list[bool] | None = None,
+) -> int:
+    """Walk elements from ``pos``; stop at ``end`` or after the ``until`` delimiter.
+
+    ``seen[0]`` is set when Pixel Data occurs at this level (the top level passes it)."""
+    fmt = "<" if little else ">"
+    while pos < end:
+        if pos + 8 > end:
+            if until is None and not data[pos:end].strip(b"\x00"):
+                return end  # trailing padding
+            raise MalformedDataset(f"element header cut off at offset {pos}")
+        group, elem = struct.unpack_from(fmt + "HH", data, pos)
+        tag = (group, elem)
+        if seen is not None and tag == (0x7FE0, 0x0010):
+            seen[0] = True
+        if group == 0xFFFE:
+            (length,) = struct.unpack_from(fmt + "I", data, pos + 4)
+            pos += 8
+            if until is not None and tag == until:
+                return pos
+            raise MalformedDataset(f"unexpected delimiter ({group:04X},{elem:04X}) at offset {pos - 8}")
+        vr = b""
+        if implicit:
+            (length,) = struct.unpack_from(fmt + "I", data, pos + 4)
+            pos += 8
+        else:
+            vr = data[pos + 4 : pos + 6]
+            if vr in _LONG_VRS or vr not in _ALL_VRS:
+                if vr not in _ALL_VRS:
+                    raise MalformedDataset(
+                        f"invalid VR at offset {pos} in tag ({group:04X},{elem:04X})"
+                    )
+                if pos + 12 > end:
+                    raise MalformedDataset(f"element header cut off at offset {pos}")
+                (length,) = struct.unpack_from(fmt + "I", data, pos + 8)
+                pos += 12
+            else:
+                (length,) = struct.unpack_from(fmt + "H", data, pos + 6)
+                pos += 8
+        if length == _UNDEFINED:
+            if tag == (0x7FE0, 0x0010):
+                pos = _walk_fragments(data, pos, end, fmt)
+            else:
+                # A sequence; an undefined-length UN holds one in implicit VR (PS3.5 6.2.2).
+                pos = _walk_items(data, pos, end, implicit or vr == b"UN", little)
+        else:
+            if pos + length > end:
+                raise MalformedDataset(
+                    f"element ({group:04X},{elem:04X}) is cut short: declared {length} bytes, "
+                    f"{end - pos} remain"
+                )
+            if vr == b"SQ" or (implicit and _is_known_sequence(tag)):
+                _walk_items(data, pos, pos + length, implicit, little, defined=True)
+            pos += length
+    if until is not None:
+        raise MalformedDataset("an undefined-length sequence or item is not closed")
+    return pos
+
+
+def _walk_items(
+    data: bytes, pos: int, end: int, implicit: bool, little: bool, *, defined: bool = False
+) -> int:
+    fmt = "<" if little else ">"
+    while True:
+        if pos >= end:
+            if defined:
+                return pos
+            raise MalformedDataset("a sequence is not closed by its delimiter")
+        if pos + 8 > end:
+            raise MalformedDataset(f"item header cut off at offset {pos}")
+        group, elem = struct.unpack_from(fmt + "HH", data, pos)
+        (length,) = struct.unpack_from(fmt + "I", data, pos + 4)
+        pos += 8
+        if (group, elem) == _SEQ_DELIM:
+            return pos
+        if (group, elem) != _ITEM:
+            raise MalformedDataset(f"expected a sequence item at offset {pos - 8}")
+        if length == _UNDEFINED:
+            pos = _walk(data, pos, end, implicit, little, until=_ITEM_DELIM)
+        else:
+            if pos + length > end:
+                raise MalformedDataset(f"sequence item at offset {pos - 8} is cut short")
+            _walk(data, pos, pos + length, implicit, little, until=None)
+            pos += length
+
+
+def _walk_fragments(data: bytes, pos: int, end: int, fmt: str) -> int:
+    while True:
+        if pos + 8 > end:
+            raise MalformedDataset("encapsulated pixel data is cut short")
+        group, elem = struct.unpack_from(fmt + "HH", data, pos)
+        (length,) = struct.unpack_from(fmt + "I", data, pos + 4)
+        pos += 8
+        if (group, elem) == _SEQ_DELIM:
+            return pos
+        if (group, elem) != _ITEM or length == _UNDEFINED:
+            raise MalformedDataset(f"malformed pixel data fragment at offset {pos - 8}")
+        if pos + length > end:
+            raise MalformedDataset("a pixel data fragment is cut short")
+        pos += length
+
+
+def _is_known_sequence(tag: tuple[int, int]) -> bool:
+    from pydicom.datadict import dictionary_VR
+
+    try:
+        return bool(dictionary_VR((tag[0] << 16) | tag[1]) == "SQ")
+    except KeyError:
+        return False
