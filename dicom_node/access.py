@@ -3,8 +3,8 @@
 Registered AEs must come from their registered host (unless host checking is off). Unknown AEs
 are accepted with a warning when the node allows them (development default), and rejected with
 "calling AE title not recognised" (PS3.8 9.3.4, A-ASSOCIATE-RJ reason 3) otherwise.
-Connections also get TCP_NODELAY here: without it, each small DIMSE response waits for the
-peer's delayed ACK (~40 ms).
+
+
 """
 
 from __future__ import annotations
@@ -65,10 +65,3 @@ def _same_host(registered: str, address: str) -> bool:
     return any(info[4][0] == address for info in infos)
 
 
-def handle_conn_open(event: Event) -> None:
-    sock = getattr(event.assoc.dul.socket, "socket", None)
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            log.debug("could not set TCP_NODELAY", exc_info=True)

@@ -7,23 +7,24 @@ transfer syntax (PS3.5 Annex A and PS3.6 Table A-1), plus Verification.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
-from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node import access
 from dicom_node.echo import handle_echo
+from dicom_node.server import DicomServer, make_conn_open_handler, shared_contexts
 from dicom_node.store import handle_store
 from filmless.bootstrap import Archive
 
 log = logging.getLogger("filmless.dicom")
 
 
-def build_ae(archive: Archive) -> tuple[AE, list[tuple[Any, ...]]]:
-    """The AE with its supported contexts and the handler bindings for ``start_server``."""
+def build_ae(archive: Archive) -> tuple[AE, list[PresentationContext], list[tuple[Any, ...]]]:
+    """The AE, the presentation contexts it accepts and the handler bindings."""
     settings = archive.settings
     ae = AE(ae_title=settings.ae_title)
     ae.maximum_associations = settings.max_associations
@@ -32,9 +33,10 @@ def build_ae(archive: Archive) -> tuple[AE, list[tuple[Any, ...]]]:
     ae.acse_timeout = 30
     ae.dimse_timeout = settings.network_timeout
     ae.require_called_aet = True
-    for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+    contexts = shared_contexts(
+        [(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES) for cx in AllStoragePresentationContexts]
+        + [(Verification, ALL_TRANSFER_SYNTAXES)]
+    )
 
     control = access.AccessControl(
         archive.index,
@@ -42,22 +44,32 @@ def build_ae(archive: Archive) -> tuple[AE, list[tuple[Any, ...]]]:
         check_host=settings.check_ae_host,
     )
     handlers: list[tuple[Any, ...]] = [
-        (evt.EVT_CONN_OPEN, access.handle_conn_open) if settings.tcp_nodelay else None,
+        (evt.EVT_CONN_OPEN, make_conn_open_handler(settings.dimse_poll_interval)),
         (evt.EVT_REQUESTED, control.handle_requested),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [archive.ingest]),
     ]
-    return ae, [h for h in handlers if h is not None]
+    return ae, contexts, handlers
 
 
-def start(archive: Archive) -> ThreadedAssociationServer:
-    """Start listening (non-blocking); returns the server to shut down later."""
+def start(archive: Archive, *, reuse_port: bool = False) -> DicomServer:
+    """Start listening in a background thread; returns the server to ``stop`` later."""
     settings = archive.settings
-    ae, handlers = build_ae(archive)
-    server = ae.start_server(
-        (settings.dicom_host, settings.dicom_port), block=False, evt_handlers=handlers
+    ae, contexts, handlers = build_ae(archive)
+
+    class Server(DicomServer):
+        pass
+
+    Server.reuse_port = reuse_port
+    Server.tcp_nodelay = settings.tcp_nodelay
+    server = ae.make_server(
+        (settings.dicom_host, settings.dicom_port),
+        evt_handlers=handlers,
+        server_class=Server,
+        contexts=contexts,
     )
-    assert server is not None
+    ae._servers.append(server)  # so that server.shutdown() finds itself, as in start_server
+    threading.Thread(target=server.serve_forever, name="dicom-server", daemon=True).start()
     log.info(
         "DICOM node %s listening on %s:%d", settings.ae_title, settings.dicom_host, server.server_address[1]
     )

@@ -34,6 +34,8 @@ def compression_worker_main(settings_json: str, parent_pid: int, number: int) ->
         stop.set()
 
     signal.signal(signal.SIGTERM, _stop)
+    # Acknowledging modalities comes first; compression takes what CPU is left.
+    os.nice(10)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     try:
         archive.compressor(worker_id=f"compress-{number}:{os.getpid()}").run_forever(stop, parent_pid=parent_pid)
@@ -41,21 +43,53 @@ def compression_worker_main(settings_json: str, parent_pid: int, number: int) ->
         archive.close()
 
 
+def dicom_worker_main(settings_json: str, parent_pid: int, number: int) -> None:
+    """Entry point of an extra DICOM receiver process sharing the port (SO_REUSEPORT)."""
+    from dicom_node import ae as dicom_ae
+
+    settings = Settings.model_validate_json(settings_json)
+    configure_logging(settings.log_level)
+    archive = build_archive(settings)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    server = dicom_ae.start(archive, reuse_port=True)
+    try:
+        while not stop.wait(1.0):
+            if os.getppid() != parent_pid:
+                log.warning("parent process is gone; DICOM receiver %d stops", number)
+                break
+    finally:
+        server.shutdown()
+        archive.close()
+
+
+def _spawn(target: object, settings: Settings, number: int, name: str) -> BaseProcess:
+    ctx = multiprocessing.get_context("spawn")
+    proc = ctx.Process(
+        target=target,  # type: ignore[arg-type]
+        args=(settings.model_dump_json(), os.getpid(), number),
+        name=name,
+        daemon=True,
+    )
+    proc.start()
+    return proc
+
+
+def start_dicom_workers(settings: Settings) -> list[BaseProcess]:
+    return [
+        _spawn(dicom_worker_main, settings, number, f"filmless-dicom-{number}")
+        for number in range(1, settings.dicom_processes)
+    ]
+
+
 def start_compression_workers(settings: Settings) -> list[BaseProcess]:
     if settings.compression.mode is not CompressionMode.BACKGROUND:
         return []
-    ctx = multiprocessing.get_context("spawn")
-    workers: list[BaseProcess] = []
-    for number in range(settings.compression.workers):
-        proc = ctx.Process(
-            target=compression_worker_main,
-            args=(settings.model_dump_json(), os.getpid(), number),
-            name=f"filmless-compress-{number}",
-            daemon=True,
-        )
-        proc.start()
-        workers.append(proc)
-    return workers
+    return [
+        _spawn(compression_worker_main, settings, number, f"filmless-compress-{number}")
+        for number in range(settings.compression.workers)
+    ]
 
 
 def stop_workers(workers: list[BaseProcess], timeout: float = 10.0) -> None:
@@ -78,8 +112,11 @@ def serve(settings: Settings) -> int:
     if settings.accept_unknown_aes:
         log.warning("unknown calling AE titles are accepted (development default); set accept_unknown_aes=false in production")
     log.info("index %s, objects %s", settings.index_url.split("@")[-1], settings.storage_url)
-    workers = start_compression_workers(settings)
-    dicom_server = dicom_ae.start(archive)
+    shared_port = settings.dicom_processes > 1
+    dicom_server = dicom_ae.start(archive, reuse_port=shared_port)
+    if shared_port and settings.dicom_port == 0:
+        raise SystemExit("dicom_processes > 1 needs a fixed --dicom-port")
+    workers = start_compression_workers(settings) + start_dicom_workers(settings)
     try:
         app = create_app(archive)
         config = uvicorn.Config(

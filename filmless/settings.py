@@ -86,11 +86,24 @@ class Settings(BaseSettings):
     check_ae_host: bool = Field(
         True, description="For registered AEs, also require the connection to come from the registered host."
     )
+    dicom_processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Processes receiving DICOM on the same port (SO_REUSEPORT): more than one "
+        "uses more cores for many simultaneous associations.",
+    )
     max_associations: int = Field(32, ge=1, le=1024, description="Concurrent DICOM associations.")
     max_pdu_size: int = Field(
         262144, ge=0, description="Largest P-DATA PDU we accept (bytes; 0 = unlimited)."
     )
     tcp_nodelay: bool = Field(True, description="Disable Nagle's algorithm on DICOM connections.")
+    dimse_poll_interval: float = Field(
+        0.0002,
+        gt=0,
+        le=0.1,
+        description="Seconds pynetdicom's per-association reader sleeps when idle; lower answers faster for a little idle CPU.",
+    )
     network_timeout: float = Field(60.0, gt=0, description="Seconds of silence before an association is aborted.")
     max_object_size: int = Field(
         2 * 1024**3, ge=1024, description="Largest object accepted (bytes); larger ones are refused."

@@ -343,6 +343,21 @@ def _raw_value(elem: RawDataElement) -> bytes:
     return bytes(elem.value or b"").rstrip(b"\x00 ")
 
 
+def same_content(a: bytes, b: bytes) -> bool:
+    """Whether two Part 10 objects hold the same attributes and the same pixel values, whatever
+    their transfer syntaxes (a resend in another syntax is not a new version)."""
+    try:
+        ds_a, ds_b = dcmread(BytesIO(a)), dcmread(BytesIO(b))
+        if same_attributes(ds_a, ds_b) is not None:
+            return False
+        has_a, has_b = ds_a.get_item(PIXEL_DATA) is not None, ds_b.get_item(PIXEL_DATA) is not None
+        if has_a != has_b:
+            return False
+        return not has_a or bool(np.array_equal(ds_a.pixel_array, ds_b.pixel_array))
+    except Exception:  # noqa: BLE001 - anything unreadable counts as different
+        return False
+
+
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -127,6 +127,10 @@ class Ingest:
             sop_instance_uid=attrs.sop_instance_uid,
             source_aet=received.source.aet,
         )
+        if existing is not None and existing.received_transfer_syntax != ts and self._same_as_stored(existing, file_bytes):
+            log.info("%s resent in another transfer syntax: same content, nothing written", attrs.sop_instance_uid)
+            self._audit_duplicate(attrs, received.source)
+            return self._result(Outcome.DUPLICATE, attrs, existing.stored_transfer_syntax)
         received_obj = StoredObject("", received_sha, size, ts)
         target = self.policy.target_for(
             received_transfer_syntax=ts,
@@ -244,6 +248,13 @@ class Ingest:
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
+
+    def _same_as_stored(self, existing: object, file_bytes: bytes) -> bool:
+        try:
+            stored = self.store.read(existing.object_key)  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - an unreadable original is replaced, never trusted
+            return False
+        return codecs.same_content(stored, file_bytes)
 
     def _audit_duplicate(self, attrs: InstanceAttributes, source: Source) -> None:
         self.index.record_audit(

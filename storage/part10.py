@@ -10,10 +10,7 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass
-from io import BytesIO
 
-from pydicom.dataset import FileMetaDataset
-from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -23,7 +20,7 @@ from pydicom.uid import (
 
 from storage.errors import MalformedDataset, NotDicom
 
-IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1463.1"
+IMPLEMENTATION_CLASS_UID = "2.25.147700958428791829120096936184081408001"  # a UUID-derived UID (PS3.5 B.2)
 IMPLEMENTATION_VERSION_NAME = "FILMLESS_010"
 
 _PREAMBLE = b"\x00" * 128 + b"DICM"
@@ -97,6 +94,15 @@ def _split_meta(data: bytes, offset: int) -> Part10:
     return Part10(ts, data[pos:], source_aet)
 
 
+def _meta_element(group_elem: int, vr: bytes, value: bytes) -> bytes:
+    if len(value) % 2:
+        value += b"\x00" if vr in (b"UI", b"OB") else b" "
+    tag = struct.pack("<HH", group_elem >> 16, group_elem & 0xFFFF)
+    if vr in _LONG_VRS:
+        return tag + vr + b"\x00\x00" + struct.pack("<I", len(value)) + value
+    return tag + vr + struct.pack("<H", len(value)) + value
+
+
 def build_file(
     dataset: bytes,
     *,
@@ -105,20 +111,21 @@ def build_file(
     sop_instance_uid: str,
     source_aet: str | None = None,
 ) -> bytes:
-    """Preamble + file meta (PS3.10 7.1) + the dataset bytes unchanged."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class_uid
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid
-    meta.TransferSyntaxUID = transfer_syntax_uid
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    """Preamble + File Meta Information (PS3.10 7.1, explicit VR little endian) + the
+    dataset bytes unchanged."""
+    elements = [
+        _meta_element(0x00020001, b"OB", b"\x00\x01"),
+        _meta_element(0x00020002, b"UI", sop_class_uid.encode("ascii")),
+        _meta_element(0x00020003, b"UI", sop_instance_uid.encode("ascii")),
+        _meta_element(0x00020010, b"UI", transfer_syntax_uid.encode("ascii")),
+        _meta_element(0x00020012, b"UI", IMPLEMENTATION_CLASS_UID.encode("ascii")),
+        _meta_element(0x00020013, b"SH", IMPLEMENTATION_VERSION_NAME.encode("ascii")),
+    ]
     if source_aet:
-        meta.SourceApplicationEntityTitle = source_aet[:16]
-    buf = BytesIO()
-    buf.write(_PREAMBLE)
-    write_file_meta_info(buf, meta, enforce_standard=True)
-    buf.write(dataset)
-    return buf.getvalue()
+        elements.append(_meta_element(0x00020016, b"AE", source_aet[:16].encode("ascii", "replace")))
+    body = b"".join(elements)
+    group_length = _meta_element(0x00020000, b"UL", struct.pack("<I", len(body)))
+    return b"".join((_PREAMBLE, group_length, body, dataset))
 
 
 def encoding_of(transfer_syntax_uid: str) -> tuple[bool, bool]:

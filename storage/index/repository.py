@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Engine, and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from storage.attributes import InstanceAttributes
 from storage.errors import IndexUnavailable, InstanceAlreadyExists
-from storage.index.engine import WRITE_OPTION
+from storage.index.engine import WRITE_OPTION, write_lock_for
 from storage.index.schema import (
     SCHEMA_VERSION,
     application_entity,
@@ -38,6 +38,49 @@ from storage.index.schema import (
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+# Statements of the ingest hot path, built once: executing a prebuilt construct with a
+# parameter dict skips SQLAlchemy's per-call construction and hits its compiled cache.
+_FIND_INSTANCE = select(instance).where(instance.c.sop_instance_uid == bindparam("uid"))
+_INSERT = {t.name: insert(t) for t in (patient, study, series, instance)}
+_BUMP_SERIES = (
+    update(series)
+    .where(series.c.pk == bindparam("series_pk"))
+    .values(number_of_instances=series.c.number_of_instances + 1)
+)
+_BUMP_STUDY = (
+    update(study)
+    .where(study.c.pk == bindparam("study_pk"))
+    .values(
+        number_of_instances=study.c.number_of_instances + 1,
+        number_of_series=study.c.number_of_series + bindparam("new_series"),
+        received_bytes=study.c.received_bytes + bindparam("received_size"),
+        stored_bytes=study.c.stored_bytes + bindparam("stored_size"),
+        modalities_in_study=bindparam("modalities"),
+        sop_classes_in_study=bindparam("sop_classes"),
+        updated_at=bindparam("now"),
+    )
+)
+_SELECT_BY_KEY: dict[tuple[str, bool], Any] = {}
+
+
+def _select_by_key(table: Any, key: str, lock: bool) -> Any:
+    stmt = _SELECT_BY_KEY.get((table.name, lock))
+    if stmt is None:
+        stmt = select(table).where(table.c[key] == bindparam("key"))
+        if lock:
+            stmt = stmt.with_for_update()
+        _SELECT_BY_KEY[(table.name, lock)] = stmt
+    return stmt
+
+
+def _add_to_set(joined: str | None, value: str | None) -> str:
+    """Add ``value`` to a backslash-separated, sorted set of values (ModalitiesInStudy)."""
+    items = {v for v in (joined or "").split("\\") if v}
+    if value:
+        items.add(value)
+    return "\\".join(sorted(items))
 
 
 @dataclass(frozen=True)
@@ -82,13 +125,14 @@ class Index:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._writer = engine.execution_options(**{WRITE_OPTION: True})
+        self._write_lock = write_lock_for(engine)
 
     # --- transactions ---------------------------------------------------------------------
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """A write transaction; commits on success, rolls back on any exception."""
         try:
-            with self._writer.begin() as conn:
+            with self._write_lock, self._writer.begin() as conn:
                 yield conn
         except IntegrityError as exc:
             raise InstanceAlreadyExists(str(exc.orig)[:200]) from exc
@@ -116,11 +160,12 @@ class Index:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        self._write_lock.close()
 
     # --- instances --------------------------------------------------------------------------
     @staticmethod
     def find_instance(conn: Connection, sop_instance_uid: str) -> Row[Any] | None:
-        return conn.execute(select(instance).where(instance.c.sop_instance_uid == sop_instance_uid)).first()
+        return conn.execute(_FIND_INSTANCE, {"uid": sop_instance_uid}).first()
 
     def get_instance(self, sop_instance_uid: str) -> Row[Any] | None:
         with self.read() as conn:
@@ -140,10 +185,39 @@ class Index:
         note: str = "",
     ) -> int:
         now = utcnow()
-        series_pk, study_pk = self._upsert_hierarchy(conn, attrs, now)
+        series_row, study_row = self._upsert_hierarchy(conn, attrs, now)
+        values = self._instance_values(attrs, received, stored, received_sha256, source, now, flags, note)
+        values.update(series_pk=series_row.pk, version=1, pending_compression=pending_compression)
+        pk = int(conn.execute(_INSERT["instance"], values).inserted_primary_key[0])
+        # Derived values, incrementally: the study row is locked by _upsert_hierarchy.
+        conn.execute(_BUMP_SERIES, {"series_pk": series_row.pk})
+        conn.execute(
+            _BUMP_STUDY,
+            {
+                "study_pk": study_row.pk,
+                "new_series": 1 if series_row.number_of_instances == 0 else 0,
+                "received_size": received.size,
+                "stored_size": stored.size,
+                "modalities": _add_to_set(study_row.modalities_in_study, attrs.series.get("modality")),
+                "sop_classes": _add_to_set(study_row.sop_classes_in_study, attrs.sop_class_uid),
+                "now": now,
+            },
+        )
+        return pk
+
+    @staticmethod
+    def _instance_values(
+        attrs: InstanceAttributes,
+        received: StoredObject,
+        stored: StoredObject,
+        received_sha256: str,
+        source: Source,
+        now: datetime,
+        flags: str,
+        note: str,
+    ) -> dict[str, Any]:
         values = dict(attrs.instance)
         values.update(
-            series_pk=series_pk,
             received_transfer_syntax=received.transfer_syntax_uid,
             stored_transfer_syntax=stored.transfer_syntax_uid,
             received_size=received.size,
@@ -151,8 +225,6 @@ class Index:
             stored_size=stored.size,
             object_key=stored.key,
             object_sha256=stored.sha256,
-            version=1,
-            pending_compression=pending_compression,
             compression_note=note or None,
             flags=flags,
             warnings="\n".join(attrs.warnings) or None,
@@ -161,9 +233,7 @@ class Index:
             received_at=now,
             stored_at=now,
         )
-        pk = int(conn.execute(insert(instance).values(**values)).inserted_primary_key[0])
-        self._refresh_derived(conn, series_pk, study_pk, now)
-        return pk
+        return values
 
     def replace_instance(
         self,
@@ -199,42 +269,27 @@ class Index:
         conn.execute(delete(compression_job).where(compression_job.c.instance_pk == existing.pk))
         old_series_pk = existing.series_pk
         old_study_pk = conn.execute(select(series.c.study_pk).where(series.c.pk == old_series_pk)).scalar_one()
-        series_pk, study_pk = self._upsert_hierarchy(conn, attrs, now)
-        values = dict(attrs.instance)
+        series_row, study_row = self._upsert_hierarchy(conn, attrs, now)
+        values = self._instance_values(attrs, received, stored, received_sha256, source, now, flags, note)
         values.update(
-            series_pk=series_pk,
-            received_transfer_syntax=received.transfer_syntax_uid,
-            stored_transfer_syntax=stored.transfer_syntax_uid,
-            received_size=received.size,
-            received_sha256=received_sha256,
-            stored_size=stored.size,
-            object_key=stored.key,
-            object_sha256=stored.sha256,
-            version=existing.version + 1,
-            pending_compression=pending_compression,
-            compression_note=note or None,
-            flags=flags,
-            warnings="\n".join(attrs.warnings) or None,
-            source_aet=source.aet,
-            source_host=source.host,
-            received_at=now,
-            stored_at=now,
+            series_pk=series_row.pk, version=existing.version + 1, pending_compression=pending_compression
         )
         conn.execute(update(instance).where(instance.c.pk == existing.pk).values(**values))
-        self._refresh_derived(conn, series_pk, study_pk, now)
-        if old_series_pk != series_pk:
+        self._refresh_derived(conn, series_row.pk, study_row.pk, now)
+        if old_series_pk != series_row.pk:
             self._refresh_derived(conn, old_series_pk, old_study_pk, now)
         return int(existing.pk)
 
-    def _upsert_hierarchy(self, conn: Connection, attrs: InstanceAttributes, now: datetime) -> tuple[int, int]:
-        patient_pk = self._upsert(conn, patient, "patient_key", attrs.patient, {}, now)
-        study_pk = self._upsert(
-            conn, study, "study_instance_uid", attrs.study, {"patient_pk": patient_pk}, now
+    def _upsert_hierarchy(self, conn: Connection, attrs: InstanceAttributes, now: datetime) -> tuple[Row[Any], Row[Any]]:
+        """The series and study rows of ``attrs`` (created if new); the study row is locked."""
+        patient_row = self._upsert(conn, patient, "patient_key", attrs.patient, {}, now)
+        study_row = self._upsert(
+            conn, study, "study_instance_uid", attrs.study, {"patient_pk": patient_row.pk}, now, lock=True
         )
-        series_pk = self._upsert(
-            conn, series, "series_instance_uid", attrs.series, {"study_pk": study_pk}, now
+        series_row = self._upsert(
+            conn, series, "series_instance_uid", attrs.series, {"study_pk": study_row.pk}, now
         )
-        return series_pk, study_pk
+        return series_row, study_row
 
     @staticmethod
     def _upsert(
@@ -244,16 +299,18 @@ class Index:
         values: Mapping[str, Any],
         parents: Mapping[str, Any],
         now: datetime,
-    ) -> int:
+        *,
+        lock: bool = False,
+    ) -> Row[Any]:
         """Insert the row, or fill in values the existing row lacks (first arrival wins for
-        non-empty values; later instances complete what earlier ones left empty)."""
-        row = conn.execute(select(table).where(table.c[key] == values[key])).first()
+        non-empty values; later instances complete what earlier ones left empty).
+        Returns the row as it was before this call's changes (counts included)."""
+        query = _select_by_key(table, key, lock)
+        params = {"key": values[key]}
+        row = conn.execute(query, params).first()
         if row is None:
-            return int(
-                conn.execute(
-                    insert(table).values(**values, **parents, created_at=now, updated_at=now)
-                ).inserted_primary_key[0]
-            )
+            conn.execute(_INSERT[table.name], {**values, **parents, "created_at": now, "updated_at": now})
+            return conn.execute(query, params).one()
         changes = {
             name: value
             for name, value in values.items()
@@ -264,7 +321,7 @@ class Index:
                 changes[name] = value
         if changes:
             conn.execute(update(table).where(table.c.pk == row.pk).values(**changes, updated_at=now))
-        return int(row.pk)
+        return row
 
     @staticmethod
     def _refresh_derived(conn: Connection, series_pk: int, study_pk: int, now: datetime) -> None:
@@ -407,8 +464,12 @@ class Index:
                 )
             )
             self._schedule_delete(conn, job.object_key, "replaced by compressed object")
-            series_pk, study_pk = self.study_of_instance(conn, job.instance_pk)
-            self._refresh_derived(conn, series_pk, study_pk, now)
+            _series_pk, study_pk = self.study_of_instance(conn, job.instance_pk)
+            conn.execute(
+                update(study)
+                .where(study.c.pk == study_pk)
+                .values(stored_bytes=study.c.stored_bytes + (stored.size - row.stored_size))
+            )
             return True
 
     def finish_job_kept(self, job: CompressionJob, note: str, flag: str = "") -> None:
