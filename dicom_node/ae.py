@@ -68,6 +68,7 @@ def start(archive: Archive, *, reuse_port: bool = False) -> DicomServer:
         server_class=Server,
         contexts=contexts,
     )
+    assert isinstance(server, DicomServer)
     ae._servers.append(server)  # so that server.shutdown() finds itself, as in start_server
     threading.Thread(target=server.serve_forever, name="dicom-server", daemon=True).start()
     log.info(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 from pydicom.dataset import Dataset
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
 from dicom_node.status import Status, error_comment, status_for
@@ -20,7 +22,7 @@ def handle_store(event: Event, ingest: Ingest) -> Dataset | int:
     assoc = event.assoc
     calling = assoc.requestor.ae_title.strip()
     host = assoc.requestor.address
-    request = event.request
+    request = cast(C_STORE, event.request)
     try:
         data = request.DataSet.getvalue() if request.DataSet is not None else b""
         negotiated = str(event.context.abstract_syntax)

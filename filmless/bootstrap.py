@@ -28,6 +28,7 @@ class Archive:
         return Compressor(self.index, self.store, worker_id=worker_id)
 
     def close(self) -> None:
+        self.ingest.close()
         self.index.dispose()
 
 

@@ -8,6 +8,7 @@ command line > environment > settings file > defaults.
 
 from __future__ import annotations
 
+import contextvars
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +23,9 @@ from pydantic_settings import (
 
 from storage.codecs import CompressionPolicy, StorageCodec
 from storage.ingest import CompressionMode
+
+
+_CONFIG_FILE: contextvars.ContextVar[str | None] = contextvars.ContextVar("filmless_config_file", default=None)
 
 
 class CompressionSettings(BaseModel):
@@ -136,7 +140,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        config_file = os.environ.get("FILMLESS_CONFIG")
+        config_file = _CONFIG_FILE.get() or os.environ.get("FILMLESS_CONFIG")
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if config_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
@@ -145,8 +149,12 @@ class Settings(BaseSettings):
 
 def load_settings(overrides: dict[str, Any] | None = None, config_file: Path | None = None) -> Settings:
     """Build the settings from command-line ``overrides``, the environment and the file."""
-    if config_file is not None:
-        if not config_file.is_file():
-            raise FileNotFoundError(f"settings file not found: {config_file}")
-        os.environ["FILMLESS_CONFIG"] = str(config_file)
-    return Settings(**{k: v for k, v in (overrides or {}).items() if v is not None})
+    if config_file is None and os.environ.get("FILMLESS_CONFIG"):
+        config_file = Path(os.environ["FILMLESS_CONFIG"])
+    if config_file is not None and not config_file.is_file():
+        raise FileNotFoundError(f"settings file not found: {config_file}")
+    token = _CONFIG_FILE.set(str(config_file) if config_file else None)
+    try:
+        return Settings(**{k: v for k, v in (overrides or {}).items() if v is not None})
+    finally:
+        _CONFIG_FILE.reset(token)

@@ -28,7 +28,9 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGLSLossless,
+    UID,
 )
+from pydicom.tag import BaseTag
 
 from storage.errors import CodecError
 from storage.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
@@ -216,9 +218,9 @@ def _j2k_encode(frame: np.ndarray, layout: PixelLayout) -> bytes:
 
 
 def _j2k_decode(data: bytes, layout: PixelLayout) -> bytes:
-    import openjpeg.utils
+    from openjpeg.utils import decode
 
-    arr = openjpeg.decode(data)
+    arr = decode(data)
     return np.ascontiguousarray(arr.astype(np.uint8 if layout.bits_allocated == 8 else "<u2")).tobytes()
 
 
@@ -290,8 +292,8 @@ def _rewrite(ds: Dataset, encoded: list[bytes], layout: PixelLayout, ts: str) ->
     ds["PixelData"].is_undefined_length = True
     if layout.samples_per_pixel == 3 and "PlanarConfiguration" in ds:
         ds.PlanarConfiguration = 0  # frames were encoded colour-by-pixel (PS3.5 8.2.3, 8.2.4)
-    ds.file_meta.TransferSyntaxUID = ts
-    ds.file_meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    ds.file_meta.TransferSyntaxUID = UID(ts)
+    ds.file_meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
     ds.file_meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
     buf = BytesIO()
     dcmwrite(buf, ds, enforce_file_format=True)
@@ -326,15 +328,15 @@ def same_attributes(a: Dataset, b: Dataset, *, path: str = "") -> str | None:
     return None
 
 
-def _is_sequence(ds: Dataset, tag: object) -> bool:
-    elem = ds.get_item(tag)  # type: ignore[arg-type]
+def _is_sequence(ds: Dataset, tag: BaseTag) -> bool:
+    elem = ds.get_item(tag)
     if elem is None:
         return False
     if isinstance(elem, RawDataElement):
         if elem.VR == "SQ":
             return True
         if elem.VR is None or elem.VR == "UN":
-            return ds[tag].VR == "SQ"  # type: ignore[index]
+            return bool(ds[tag].VR == "SQ")
         return False
     return bool(elem.VR == "SQ")
 

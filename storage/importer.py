@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -75,7 +76,7 @@ def _zip_members(path: Path) -> Iterator[Candidate]:
             continue
         if Path(info.filename).name.upper() == "DICOMDIR":
             continue
-        yield Candidate(f"{path}!{info.filename}", lambda info=info: archive.read(info), info.file_size)
+        yield Candidate(f"{path}!{info.filename}", functools.partial(archive.read, info), info.file_size)
 
 
 def find(paths: list[Path], skipped: Callable[[str], None] | None = None) -> Iterator[Candidate]:

@@ -15,6 +15,7 @@ The order is fixed (dicom-server's StoreOrchestrator does the same):
 from __future__ import annotations
 
 import enum
+from concurrent import futures
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -91,6 +92,10 @@ class Ingest:
         self.mode = mode
         self.max_object_size = max_object_size
         self.on_queued = on_queued
+        self._writer = futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="object-write")
+
+    def close(self) -> None:
+        self._writer.shutdown(wait=True)
 
     # --- front-door entry points -----------------------------------------------------------
     def store_file(self, data: bytes, source: Source) -> StoreResult:
@@ -154,11 +159,16 @@ class Ingest:
             pending, job_target = True, ts
 
         key = new_key()
-        self.store.put(key, data)
-        stored = StoredObject(key, sha256(data), len(data), stored_ts)
+        # The object is written (and fsynced) by a helper thread while this one prepares the
+        # index transaction; the transaction commits only once the write is durable.
+        writing = self._writer.submit(self.store.put, key, data)
         try:
-            outcome = self._commit(attrs, received_obj, stored, received.source, pending, job_target, note)
+            stored = StoredObject(key, sha256(data), len(data), stored_ts)
+            outcome = self._commit(
+                attrs, received_obj, stored, received.source, pending, job_target, note, durable=writing.result
+            )
         except BaseException:
+            futures.wait([writing])
             self._forget(key)
             raise
         if outcome is Outcome.DUPLICATE:
@@ -205,6 +215,8 @@ class Ingest:
         pending: bool,
         job_target: str | None,
         note: str,
+        *,
+        durable: Callable[[], object],
     ) -> Outcome:
         flags = "charset-replaced" if any("replacement" in w for w in attrs.warnings) else ""
         for attempt in range(3):
@@ -212,14 +224,18 @@ class Ingest:
                 with self.index.write() as conn:
                     existing = self.index.find_instance(conn, attrs.sop_instance_uid)
                     if existing is not None and existing.received_sha256 == received.sha256:
+                        durable()
                         return Outcome.DUPLICATE
-                    kwargs = dict(pending_compression=pending, flags=flags, note=note)
                     if existing is None:
-                        pk = self.index.insert_instance(conn, attrs, received, stored, received.sha256, source, **kwargs)
+                        pk = self.index.insert_instance(
+                            conn, attrs, received, stored, received.sha256, source,
+                            pending_compression=pending, flags=flags, note=note,
+                        )
                         outcome = Outcome.STORED
                     else:
                         pk = self.index.replace_instance(
-                            conn, existing, attrs, received, stored, received.sha256, source, **kwargs
+                            conn, existing, attrs, received, stored, received.sha256, source,
+                            pending_compression=pending, flags=flags, note=note,
                         )
                         outcome = Outcome.REPLACED
                         log.warning(
@@ -241,6 +257,7 @@ class Ingest:
                         sop_instance_uid=attrs.sop_instance_uid,
                         detail={"warnings": list(attrs.warnings)} if attrs.warnings else None,
                     )
+                    durable()  # raises if the write failed: the transaction rolls back
                     return outcome
             except InstanceAlreadyExists:
                 # Lost an insert race with another association (same patient/study/series or

@@ -75,6 +75,12 @@ def _select_by_key(table: Any, key: str, lock: bool) -> Any:
     return stmt
 
 
+def _inserted_pk(result: Any) -> int:
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
 def _add_to_set(joined: str | None, value: str | None) -> str:
     """Add ``value`` to a backslash-separated, sorted set of values (ModalitiesInStudy)."""
     items = {v for v in (joined or "").split("\\") if v}
@@ -188,7 +194,7 @@ class Index:
         series_row, study_row = self._upsert_hierarchy(conn, attrs, now)
         values = self._instance_values(attrs, received, stored, received_sha256, source, now, flags, note)
         values.update(series_pk=series_row.pk, version=1, pending_compression=pending_compression)
-        pk = int(conn.execute(_INSERT["instance"], values).inserted_primary_key[0])
+        pk = _inserted_pk(conn.execute(_INSERT["instance"], values))
         # Derived values, incrementally: the study row is locked by _upsert_hierarchy.
         conn.execute(_BUMP_SERIES, {"series_pk": series_row.pk})
         conn.execute(

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs on a Debian machine: the DICOM peers (DCMTK, Orthanc)
+# from Debian's packages and the Python test dependencies into .venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v /usr/bin/storescu >/dev/null 2>&1 || need_apt+=(dcmtk)
+command -v /usr/sbin/Orthanc >/dev/null 2>&1 || need_apt+=(orthanc)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+  # Debian's orthanc package starts a system service where systemd runs; the tests start
+  # their own Orthanc on private ports, so the service is not needed.
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet orthanc 2>/dev/null; then
+    $SUDO systemctl stop orthanc || true
+  fi
+fi
+
+bash scripts/install.sh
+.venv/bin/pip install -q -e ".[test]"
