@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import socket
 
+from pynetdicom.association import Association
 from pynetdicom.events import Event
 
 from storage.index import Index
@@ -39,20 +40,29 @@ class AccessControl:
             registered = self.index.get_ae(calling)
         except Exception:  # noqa: BLE001 - the index being down must not crash the server
             log.exception("AE registry unavailable; rejecting %s from %s (transient)", calling, host)
-            assoc.acse.send_reject(0x02, _SOURCE_SERVICE_USER, 0x01)
+            _reject(assoc, 0x02, _SOURCE_SERVICE_USER, 0x01)
             return
         if registered is None:
             if self.accept_unknown:
                 log.warning("association from unregistered AE %r at %s accepted", calling, host)
                 return
             log.warning("association from unknown AE %r at %s rejected", calling, host)
-            assoc.acse.send_reject(_REJECT_PERMANENT, _SOURCE_SERVICE_USER, _CALLING_AE_NOT_RECOGNISED)
+            _reject(assoc, _REJECT_PERMANENT, _SOURCE_SERVICE_USER, _CALLING_AE_NOT_RECOGNISED)
             return
         if self.check_host and not _same_host(registered.host, host):
             log.warning(
                 "association from AE %r at %s rejected: registered for host %s", calling, host, registered.host
             )
-            assoc.acse.send_reject(_REJECT_PERMANENT, _SOURCE_SERVICE_USER, _CALLING_AE_NOT_RECOGNISED)
+            _reject(assoc, _REJECT_PERMANENT, _SOURCE_SERVICE_USER, _CALLING_AE_NOT_RECOGNISED)
+
+
+def _reject(assoc: Association, result: int, source: int, diagnostic: int) -> None:
+    """Send the A-ASSOCIATE-RJ and wait until it is on the wire: pynetdicom only queues the
+    PDU, and closes the socket as soon as this handler returns (the peer would then see the
+    connection drop instead of the rejection). ``kill`` waits for the DUL to finish, as
+    pynetdicom's own rejections do."""
+    assoc.acse.send_reject(result, source, diagnostic)
+    assoc.kill()
 
 
 def _same_host(registered: str, address: str) -> bool:

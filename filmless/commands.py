@@ -66,7 +66,9 @@ def import_(settings: Settings, args: argparse.Namespace) -> int:
     table.add_row("rejected", str(len(summary.rejected)))
     out.print(table)
     for name, reason in summary.rejected:
-        out.print(f"[red]rejected[/red] {name}: {reason}", highlight=False)
+        # soft_wrap: one line per file, never folded at the console width (80 columns when
+        # the output is not a terminal), so the name can be read back by scripts.
+        out.print(f"[red]rejected[/red] {name}: {reason}", highlight=False, soft_wrap=True)
     archive.close()
     return 1 if summary.rejected else 0
 
@@ -99,7 +101,7 @@ def verify(settings: Settings, args: argparse.Namespace) -> int:
         ("error", report.errors),
     ):
         for item in items:
-            out.print(f"[red]{title}[/red]: {item}", highlight=False)
+            out.print(f"[red]{title}[/red]: {item}", highlight=False, soft_wrap=True)
     if report.ok:
         out.print("[green]all objects present and intact[/green]")
     else:

@@ -301,11 +301,12 @@ def _rewrite(ds: Dataset, encoded: list[bytes], layout: PixelLayout, ts: str) ->
 
 
 def same_attributes(a: Dataset, b: Dataset, *, path: str = "") -> str | None:
-    """Compare two datasets' value bytes, except Pixel Data, Planar Configuration and the
-    file meta; return a description of the first difference, or None."""
+    """Compare two datasets' value bytes, except Pixel Data, Planar Configuration, the file
+    meta and retired Group Length elements (gggg,0000), which pydicom never writes and whose
+    values depend on the encoding (PS3.5 7.2); return the first difference, or None."""
     skip = {PIXEL_DATA, 0x00280006}
-    tags_a = [t for t in a.keys() if int(t) not in skip and t.group != 0x0002]
-    tags_b = [t for t in b.keys() if int(t) not in skip and t.group != 0x0002]
+    tags_a = [t for t in a.keys() if int(t) not in skip and t.group != 0x0002 and t.element != 0]
+    tags_b = [t for t in b.keys() if int(t) not in skip and t.group != 0x0002 and t.element != 0]
     if tags_a != tags_b:
         missing = sorted(set(tags_a) ^ set(tags_b))
         return f"attribute set changed at {path or 'top level'}: {missing[:3]}"

@@ -41,6 +41,7 @@ def fold(value: str) -> str:
     lower-cased. DICOM component separators (``^``, ``=``) are kept so that matching can still
     address components.
     """
-    decomposed = unicodedata.normalize("NFD", value.translate(_EXPLICIT_FOLDS))
+    # Decompose first: "ǿ" (U+01FF) is "ø" + acute, and the explicit folds must see that "ø".
+    decomposed = unicodedata.normalize("NFD", value).translate(_EXPLICIT_FOLDS)
     stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
     return unicodedata.normalize("NFC", stripped).casefold()

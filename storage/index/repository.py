@@ -81,6 +81,13 @@ def _inserted_pk(result: Any) -> int:
     return int(key[0])
 
 
+def _this_job(job: CompressionJob) -> Any:
+    """The row of ``job`` and no other. The object key is part of the match: SQLite hands out a
+    deleted highest rowid again, so when a new version replaces the instance (deleting its job
+    and queueing a new one), the new job can come back under the old job's pk."""
+    return and_(compression_job.c.pk == job.pk, compression_job.c.object_key == job.object_key)
+
+
 def _add_to_set(joined: str | None, value: str | None) -> str:
     """Add ``value`` to a backslash-separated, sorted set of values (ModalitiesInStudy)."""
     items = {v for v in (joined or "").split("\\") if v}
@@ -272,6 +279,7 @@ class Index:
                 source_host=existing.source_host,
             )
         )
+        self._drop_results(conn, compression_job.c.instance_pk == existing.pk)
         conn.execute(delete(compression_job).where(compression_job.c.instance_pk == existing.pk))
         old_series_pk = existing.series_pk
         old_study_pk = conn.execute(select(series.c.study_pk).where(series.c.pk == old_series_pk)).scalar_one()
@@ -442,7 +450,7 @@ class Index:
     def record_job_target(self, job: CompressionJob, target_key: str) -> None:
         """Write-ahead note of the key a result is about to be written to."""
         with self.write() as conn:
-            conn.execute(update(compression_job).where(compression_job.c.pk == job.pk).values(target_key=target_key))
+            conn.execute(update(compression_job).where(_this_job(job)).values(target_key=target_key))
 
     def finish_job_swapped(self, job: CompressionJob, stored: StoredObject) -> bool:
         """Make the compressed object current and schedule the original for deletion.
@@ -452,7 +460,7 @@ class Index:
         now = utcnow()
         with self.write() as conn:
             row = conn.execute(select(instance).where(instance.c.pk == job.instance_pk)).first()
-            conn.execute(delete(compression_job).where(compression_job.c.pk == job.pk))
+            conn.execute(delete(compression_job).where(_this_job(job)))
             if row is None or row.object_key != job.object_key:
                 self._schedule_delete(conn, stored.key, "stale compression result")
                 return False
@@ -482,7 +490,8 @@ class Index:
         """The original stays the stored object (nothing to gain, or the check failed)."""
         with self.write() as conn:
             row = conn.execute(select(instance).where(instance.c.pk == job.instance_pk)).first()
-            conn.execute(delete(compression_job).where(compression_job.c.pk == job.pk))
+            self._drop_results(conn, _this_job(job))  # a result written by a failed attempt
+            conn.execute(delete(compression_job).where(_this_job(job)))
             if row is None or row.object_key != job.object_key:
                 return
             flags = row.flags or ""
@@ -498,7 +507,7 @@ class Index:
         with self.write() as conn:
             conn.execute(
                 update(compression_job)
-                .where(compression_job.c.pk == job.pk)
+                .where(_this_job(job))
                 .values(claimed_until=utcnow() + retry_after, last_error=error[:400], claimed_by=None)
             )
 
@@ -506,6 +515,13 @@ class Index:
     @staticmethod
     def _schedule_delete(conn: Connection, key: str, reason: str) -> None:
         conn.execute(insert(object_gc).values(object_key=key, reason=reason, created_at=utcnow()))
+
+    def _drop_results(self, conn: Connection, jobs: Any) -> None:
+        """Schedule for deletion the results that ``jobs`` (about to be deleted) noted write-ahead:
+        a dead worker's result would otherwise be an orphan nobody cleans up."""
+        targets = select(compression_job.c.target_key).where(jobs, compression_job.c.target_key.is_not(None))
+        for key in conn.execute(targets).scalars().all():
+            self._schedule_delete(conn, key, "abandoned compression result")
 
     def schedule_delete(self, key: str, reason: str) -> None:
         with self.write() as conn:
