@@ -55,4 +55,6 @@ def status_for(exc: BaseException) -> Status:
 def error_comment(exc: BaseException) -> str:
     """The Error Comment (0000,0902): LO, at most 64 characters, ASCII."""
     text = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+    # LO excludes control characters and the value separator "\\" (PS3.5 6.2).
+    text = " ".join(text.replace("\\", "/").split())
     return text.encode("ascii", "replace").decode("ascii")[:64]

@@ -101,7 +101,14 @@ class _Reader:
         return nfc(value.strip())
 
     def person_name(self, tag: int, *, ds: Dataset | None = None) -> str | None:
-        return self.text(tag, ds=ds, delims=_PN_DELIMS)
+        """A PN value without the empty trailing components and groups PS3.5 6.2.1.1 allows."""
+        value = self.text(tag, ds=ds, delims=_PN_DELIMS)
+        if not value:
+            return value
+        groups = [g.rstrip("^ ") for g in value.split("=")]
+        while len(groups) > 1 and not groups[-1]:
+            groups.pop()
+        return "=".join(groups)
 
     def _decode(self, raw: bytes, tag: int, delims: set[int]) -> str:
         if len(self.encodings) == 1 or b"\x1b" not in raw:

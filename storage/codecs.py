@@ -19,8 +19,8 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.encaps import encapsulate
-from pydicom.filewriter import dcmwrite
+from pydicom.encaps import generate_frames
+from pydicom.filereader import read_dataset
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -33,7 +33,7 @@ from pydicom.uid import (
 from pydicom.tag import BaseTag
 
 from storage.errors import CodecError
-from storage.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from storage import part10, rewrite
 
 UNCOMPRESSED = frozenset(
     {ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian}
@@ -252,52 +252,58 @@ def encode_frames(frames: list[np.ndarray], layout: PixelLayout, transfer_syntax
 
 
 def compress_object(original: bytes, target_transfer_syntax: str) -> Compressed:
-    """Re-encode the pixel data of a stored Part 10 object; keep the original on any doubt."""
-    try:
-        ds = dcmread(BytesIO(original))
-        layout = PixelLayout.of(ds)
-        pixel_elem = ds.get_item(PIXEL_DATA)
-        if pixel_elem is None:
-            return Compressed(None, ds.file_meta.TransferSyntaxUID, "no pixel data")
-        pixel_bytes = bytes(pixel_elem.value or b"")
-        frames = _canonical_frames(pixel_bytes, layout)
-        encoded = encode_frames(frames, layout, target_transfer_syntax)
-    except CodecError as exc:
-        return Compressed(None, _ts_of(original), f"kept as received: {exc}")
-    except Exception as exc:  # noqa: BLE001 - anything unexpected keeps the original
-        return Compressed(None, _ts_of(original), f"kept as received: unreadable image: {exc}")
+    """Re-encode the pixel data of a stored Part 10 object; keep the original on any doubt.
 
-    out = _rewrite(ds, encoded, layout, target_transfer_syntax)
+    The new object is the received dataset with only its Pixel Data element replaced (and,
+    for colour-by-plane data, Planar Configuration set to 0); implicit VR datasets get explicit
+    VR headers in front of unchanged value bytes (:mod:`storage.rewrite`)."""
+    ts = ""
     try:
-        difference = same_attributes(dcmread(BytesIO(original)), dcmread(BytesIO(out)))
-    except Exception as exc:  # noqa: BLE001
-        difference = f"re-reading the encoded object failed: {exc}"
+        split = part10.split(original)
+        ts = split.transfer_syntax_uid
+        explicit = rewrite.explicit_little_endian(split.dataset, ts)
+        header = read_dataset(
+            BytesIO(explicit), False, True, stop_when=lambda tag, vr, length: tag == PIXEL_DATA
+        )
+        span = rewrite.top_level(explicit, rewrite.PIXEL_DATA)
+        if span is None:
+            return Compressed(None, ts, "no pixel data")
+        if span.length == 0xFFFFFFFF:
+            return Compressed(None, ts, "pixel data is already encapsulated")
+        layout = PixelLayout.of(header)
+        frames = _canonical_frames(explicit[span.value_start : span.value_start + span.length], layout)
+        encoded = encode_frames(frames, layout, target_transfer_syntax)
+        dataset = rewrite.replace_pixel_data(explicit, span, rewrite.encapsulated_pixel_data(encoded))
+        if layout.samples_per_pixel == 3 and layout.planar_configuration == 1:
+            # frames were encoded colour-by-pixel (PS3.5 8.2.3, 8.2.4)
+            dataset = rewrite.set_us(dataset, (0x0028, 0x0006), 0)
+        out = part10.build_file(
+            dataset,
+            transfer_syntax_uid=target_transfer_syntax,
+            sop_class_uid=str(header.SOPClassUID),
+            sop_instance_uid=str(header.SOPInstanceUID),
+            source_aet=split.source_aet,
+        )
+        difference = _check_rewritten(original, out, encoded)
+    except CodecError as exc:
+        return Compressed(None, ts, f"kept as received: {exc}")
+    except Exception as exc:  # noqa: BLE001 - anything unexpected keeps the original
+        return Compressed(None, ts, f"kept as received: unreadable image: {str(exc)[:200]}")
     if difference:
-        return Compressed(None, _ts_of(original), f"kept as received: {difference}")
+        return Compressed(None, ts, f"kept as received: {difference}")
     return Compressed(out, target_transfer_syntax, "")
 
 
-def _ts_of(original: bytes) -> str:
-    from storage.part10 import split
-
-    try:
-        return split(original).transfer_syntax_uid
-    except Exception:  # noqa: BLE001
-        return ""
-
-
-def _rewrite(ds: Dataset, encoded: list[bytes], layout: PixelLayout, ts: str) -> bytes:
-    ds.PixelData = encapsulate(encoded, has_bot=len(encoded) > 1)
-    ds["PixelData"].VR = "OB"
-    ds["PixelData"].is_undefined_length = True
-    if layout.samples_per_pixel == 3 and "PlanarConfiguration" in ds:
-        ds.PlanarConfiguration = 0  # frames were encoded colour-by-pixel (PS3.5 8.2.3, 8.2.4)
-    ds.file_meta.TransferSyntaxUID = UID(ts)
-    ds.file_meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
-    ds.file_meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    buf = BytesIO()
-    dcmwrite(buf, ds, enforce_file_format=True)
-    return buf.getvalue()
+def _check_rewritten(original: bytes, out: bytes, encoded: list[bytes]) -> str | None:
+    """Read the new object back as a DICOM reader would: same attributes, same fragments."""
+    new = dcmread(BytesIO(out))
+    difference = same_attributes(dcmread(BytesIO(original)), new)
+    if difference:
+        return difference
+    frames = list(generate_frames(new.PixelData, number_of_frames=len(encoded)))
+    if frames != encoded:
+        return "encapsulated frames do not read back"
+    return None
 
 
 def same_attributes(a: Dataset, b: Dataset, *, path: str = "") -> str | None:
@@ -343,7 +349,7 @@ def _is_sequence(ds: Dataset, tag: BaseTag) -> bool:
 
 
 def _raw_value(elem: RawDataElement) -> bytes:
-    return bytes(elem.value or b"").rstrip(b"\x00 ")
+    return bytes(elem.value or b"")
 
 
 def same_content(a: bytes, b: bytes) -> bool:

@@ -15,6 +15,7 @@ The order is fixed (dicom-server's StoreOrchestrator does the same):
 from __future__ import annotations
 
 import enum
+import re
 from concurrent import futures
 import logging
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from io import BytesIO
 
 from pydicom.filereader import read_dataset
-from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
+from pydicom.uid import AllTransferSyntaxes, DeflatedExplicitVRLittleEndian
 
 from storage import codecs, part10
 from storage.attributes import InstanceAttributes, extract
@@ -38,6 +39,10 @@ from storage.index import Index, Source, StoredObject
 from storage.objects import ObjectStore, new_key
 
 log = logging.getLogger("filmless.ingest")
+TRANSFER_SYNTAXES = frozenset(str(uid) for uid in AllTransferSyntaxes)
+# Every standard transfer syntax lives under 1.2.840.10008.1.2 (PS3.6 Table A-1), including
+# ones newer than pydicom's list (HEVC, JPIP referenced, SMPTE ST 2110).
+_STANDARD_TS = re.compile(r"1\.2\.840\.10008\.1\.2(\.[0-9]+)*")
 
 
 class CompressionMode(enum.StrEnum):
@@ -112,10 +117,10 @@ class Ingest:
         if size > self.max_object_size:
             raise ObjectTooLarge(f"object of {size} bytes exceeds the limit of {self.max_object_size}")
         ts = received.transfer_syntax_uid
-        if not UID(ts).is_valid or not UID(ts).is_transfer_syntax:
-            raise MalformedDataset(f"unknown transfer syntax {ts!r}")
+        if ts not in TRANSFER_SYNTAXES and not _STANDARD_TS.fullmatch(ts):
+            raise MalformedDataset(f"unknown transfer syntax {ts[:64]!r}")
         has_pixels = part10.check_complete(received.dataset, ts)
-        attrs = self._parse(received.dataset, ts)
+        attrs = self._parse(received.dataset, ts, has_pixels)
         self._check_expected(received, attrs)
 
         received_sha = sha256(received.dataset)
@@ -179,7 +184,7 @@ class Ingest:
 
     # --- steps ---------------------------------------------------------------------------------
     @staticmethod
-    def _parse(dataset: bytes, ts: str) -> InstanceAttributes:
+    def _parse(dataset: bytes, ts: str, has_pixels: bool) -> InstanceAttributes:
         implicit, little = part10.encoding_of(ts)
         raw = part10.inflate(dataset) if ts == DeflatedExplicitVRLittleEndian else dataset
         try:
@@ -191,7 +196,14 @@ class Ingest:
             )
         except Exception as exc:  # noqa: BLE001 - pydicom raises many types on bad input
             raise MalformedDataset(f"the dataset cannot be parsed: {str(exc)[:200]}") from exc
-        return extract(ds)
+        attrs = extract(ds)
+        described = all(attrs.instance.get(k) for k in ("rows", "columns", "bits_allocated"))
+        float_pixels = 0x7FE00008 in ds or 0x7FE00009 in ds
+        if described and not has_pixels and not float_pixels:
+            # A dataset cut exactly between two elements parses; an image without its pixels
+            # is what such a cut most often leaves.
+            raise MalformedDataset("the image attributes are present but Pixel Data is missing (truncated?)")
+        return attrs
 
     @staticmethod
     def _check_expected(received: Received, attrs: InstanceAttributes) -> None:

@@ -346,3 +346,33 @@ def test_undecodable_text_is_stored_and_flagged(archive: Archive) -> None:
     assert "(0010,0010)" in (row.warnings or "")
     (patient,) = rows(archive, schema.patient)
     assert "\ufffd" in patient.patient_name
+
+
+def test_an_image_cut_just_before_its_pixel_data_is_refused(archive: Archive) -> None:
+    """A cut between two elements leaves a well-formed but shorter dataset; an image whose
+    pixel description survived without Pixel Data is refused, not stored without pixels."""
+    original = _ct(1)[0]
+    split = part10.split(original)
+    cut = split.dataset.rfind(b"\xe0\x7f\x10\x00")
+    before = snapshot(archive)
+    with pytest.raises(MalformedDataset, match="Pixel Data is missing"):
+        archive.ingest.store_received(Received(split.dataset[:cut], split.transfer_syntax_uid, SOURCE))
+    assert snapshot(archive) == before
+
+
+def test_implicit_vr_image_is_compressed_with_every_value_byte_kept(archive: Archive) -> None:
+    from pydicom import dcmread
+    from io import BytesIO
+
+    from storage.codecs import compress_object, same_attributes
+
+    ds = small_ct(1, size=32)[0]
+    ds.StudyDescription = "CT ngực   "  # odd padding that a re-encoding library would trim
+    original = to_part10(ds, ImplicitVRLittleEndian)
+    result = compress_object(original, JPEGLSLossless)
+    assert result.data is not None, result.note
+    new = dcmread(BytesIO(result.data))
+    old = dcmread(BytesIO(original))
+    assert same_attributes(old, new) is None
+    assert bytes(new.get_item(0x00081030).value).endswith(b"   ")
+    assert (new.pixel_array == old.pixel_array).all()
