@@ -35,7 +35,7 @@ from storage.errors import (
     RejectedInstance,
     SOPClassMismatch,
 )
-from storage.index import Index, Source, StoredObject
+from storage.index import Index, NewInstance, Source, StoredObject
 from storage.objects import ObjectStore, new_key
 
 log = logging.getLogger("filmless.ingest")
@@ -238,17 +238,12 @@ class Ingest:
                     if existing is not None and existing.received_sha256 == received.sha256:
                         durable()
                         return Outcome.DUPLICATE
+                    new = NewInstance(attrs, received, stored, source, pending, flags, note)
                     if existing is None:
-                        pk = self.index.insert_instance(
-                            conn, attrs, received, stored, received.sha256, source,
-                            pending_compression=pending, flags=flags, note=note,
-                        )
+                        pk = self.index.insert_instance(conn, new)
                         outcome = Outcome.STORED
                     else:
-                        pk = self.index.replace_instance(
-                            conn, existing, attrs, received, stored, received.sha256, source,
-                            pending_compression=pending, flags=flags, note=note,
-                        )
+                        pk = self.index.replace_instance(conn, existing, new)
                         outcome = Outcome.REPLACED
                         log.warning(
                             "instance %s replaced by new content from %s: version %d kept until purged",

@@ -25,15 +25,15 @@ IMPLEMENTATION_VERSION_NAME = "FILMLESS_010"
 
 _PREAMBLE = b"\x00" * 128 + b"DICM"
 # VRs whose explicit encoding has a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2).
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+LONG_VRS = _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 _ALL_VRS = _LONG_VRS | {
     b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT",
     b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US",
 }
-_UNDEFINED = 0xFFFFFFFF
-_ITEM = (0xFFFE, 0xE000)
-_ITEM_DELIM = (0xFFFE, 0xE00D)
-_SEQ_DELIM = (0xFFFE, 0xE0DD)
+UNDEFINED_LENGTH = _UNDEFINED = 0xFFFFFFFF
+ITEM = _ITEM = (0xFFFE, 0xE000)
+ITEM_DELIMITER = _ITEM_DELIM = (0xFFFE, 0xE00D)
+SEQUENCE_DELIMITER = _SEQ_DELIM = (0xFFFE, 0xE0DD)
 
 
 @dataclass(frozen=True)

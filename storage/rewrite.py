@@ -17,13 +17,14 @@ from pydicom.datadict import dictionary_VR, private_dictionary_VR
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from storage.errors import MalformedDataset
+from storage.part10 import ITEM as _ITEM
+from storage.part10 import ITEM_DELIMITER as _ITEM_DELIM
+from storage.part10 import LONG_VRS
+from storage.part10 import SEQUENCE_DELIMITER as _SEQ_DELIM
+from storage.part10 import UNDEFINED_LENGTH as _UNDEFINED
 from storage.part10 import inflate
 
-_LONG_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
-_UNDEFINED = 0xFFFFFFFF
-_ITEM = (0xFFFE, 0xE000)
-_ITEM_DELIM = (0xFFFE, 0xE00D)
-_SEQ_DELIM = (0xFFFE, 0xE0DD)
+_LONG_VRS = {vr.decode("ascii") for vr in LONG_VRS}
 PIXEL_DATA = (0x7FE0, 0x0010)
 
 

@@ -5,8 +5,9 @@ from storage.index.repository import (
     ApplicationEntity,
     CompressionJob,
     Index,
+    NewInstance,
     Source,
     StoredObject,
 )
 
-__all__ = ["ApplicationEntity", "CompressionJob", "Index", "Source", "StoredObject", "create_index_engine"]
+__all__ = ["ApplicationEntity", "CompressionJob", "Index", "NewInstance", "Source", "StoredObject", "create_index_engine"]

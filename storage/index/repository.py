@@ -115,6 +115,20 @@ class Source:
 
 
 @dataclass(frozen=True)
+class NewInstance:
+    """What an ingest commits: the attributes, the object as received (its sha256 is the
+    content hash duplicates are recognised by) and as stored, and where it came from."""
+
+    attrs: InstanceAttributes
+    received: StoredObject
+    stored: StoredObject
+    source: Source
+    pending_compression: bool
+    flags: str = ""
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class CompressionJob:
     pk: int
     instance_pk: int
@@ -184,23 +198,12 @@ class Index:
         with self.read() as conn:
             return self.find_instance(conn, sop_instance_uid)
 
-    def insert_instance(
-        self,
-        conn: Connection,
-        attrs: InstanceAttributes,
-        received: StoredObject,
-        stored: StoredObject,
-        received_sha256: str,
-        source: Source,
-        *,
-        pending_compression: bool,
-        flags: str = "",
-        note: str = "",
-    ) -> int:
+    def insert_instance(self, conn: Connection, new: NewInstance) -> int:
         now = utcnow()
+        attrs, received, stored = new.attrs, new.received, new.stored
         series_row, study_row = self._upsert_hierarchy(conn, attrs, now)
-        values = self._instance_values(attrs, received, stored, received_sha256, source, now, flags, note)
-        values.update(series_pk=series_row.pk, version=1, pending_compression=pending_compression)
+        values = self._instance_values(new, now)
+        values.update(series_pk=series_row.pk, version=1)
         pk = _inserted_pk(conn.execute(_INSERT["instance"], values))
         # Derived values, incrementally: the study row is locked by _upsert_hierarchy.
         conn.execute(_BUMP_SERIES, {"series_pk": series_row.pk})
@@ -219,49 +222,28 @@ class Index:
         return pk
 
     @staticmethod
-    def _instance_values(
-        attrs: InstanceAttributes,
-        received: StoredObject,
-        stored: StoredObject,
-        received_sha256: str,
-        source: Source,
-        now: datetime,
-        flags: str,
-        note: str,
-    ) -> dict[str, Any]:
-        values = dict(attrs.instance)
+    def _instance_values(new: NewInstance, now: datetime) -> dict[str, Any]:
+        values = dict(new.attrs.instance)
         values.update(
-            received_transfer_syntax=received.transfer_syntax_uid,
-            stored_transfer_syntax=stored.transfer_syntax_uid,
-            received_size=received.size,
-            received_sha256=received_sha256,
-            stored_size=stored.size,
-            object_key=stored.key,
-            object_sha256=stored.sha256,
-            compression_note=note or None,
-            flags=flags,
-            warnings="\n".join(attrs.warnings) or None,
-            source_aet=source.aet,
-            source_host=source.host,
+            received_transfer_syntax=new.received.transfer_syntax_uid,
+            stored_transfer_syntax=new.stored.transfer_syntax_uid,
+            received_size=new.received.size,
+            received_sha256=new.received.sha256,
+            stored_size=new.stored.size,
+            object_key=new.stored.key,
+            object_sha256=new.stored.sha256,
+            pending_compression=new.pending_compression,
+            compression_note=new.note or None,
+            flags=new.flags,
+            warnings="\n".join(new.attrs.warnings) or None,
+            source_aet=new.source.aet,
+            source_host=new.source.host,
             received_at=now,
             stored_at=now,
         )
         return values
 
-    def replace_instance(
-        self,
-        conn: Connection,
-        existing: Row[Any],
-        attrs: InstanceAttributes,
-        received: StoredObject,
-        stored: StoredObject,
-        received_sha256: str,
-        source: Source,
-        *,
-        pending_compression: bool,
-        flags: str = "",
-        note: str = "",
-    ) -> int:
+    def replace_instance(self, conn: Connection, existing: Row[Any], new: NewInstance) -> int:
         """Make a new version current; the previous object is kept in ``instance_version``."""
         now = utcnow()
         conn.execute(
@@ -283,11 +265,9 @@ class Index:
         conn.execute(delete(compression_job).where(compression_job.c.instance_pk == existing.pk))
         old_series_pk = existing.series_pk
         old_study_pk = conn.execute(select(series.c.study_pk).where(series.c.pk == old_series_pk)).scalar_one()
-        series_row, study_row = self._upsert_hierarchy(conn, attrs, now)
-        values = self._instance_values(attrs, received, stored, received_sha256, source, now, flags, note)
-        values.update(
-            series_pk=series_row.pk, version=existing.version + 1, pending_compression=pending_compression
-        )
+        series_row, study_row = self._upsert_hierarchy(conn, new.attrs, now)
+        values = self._instance_values(new, now)
+        values.update(series_pk=series_row.pk, version=existing.version + 1)
         conn.execute(update(instance).where(instance.c.pk == existing.pk).values(**values))
         self._refresh_derived(conn, series_row.pk, study_row.pk, now)
         if old_series_pk != series_row.pk:
