@@ -24,6 +24,30 @@ from filmless.bootstrap import Archive
 log = logging.getLogger("filmless.dicom")
 
 
+def accepted_transfer_syntaxes() -> list[str]:
+    """Our preference when a context proposes several syntaxes (pynetdicom accepts the first
+    of ours that the requestor proposed): the sender's own lossless compression first (no work
+    on either side, nothing lost), then explicit VR (keeps private tags' VRs), deflated, big
+    endian, implicit VR; lossy syntaxes last, so that we never ask a sender to compress lossily."""
+    lossless_compressed = [
+        "1.2.840.10008.1.2.4.80",  # JPEG-LS lossless
+        "1.2.840.10008.1.2.4.90",  # JPEG 2000 lossless
+        "1.2.840.10008.1.2.4.201",  # HTJ2K lossless
+        "1.2.840.10008.1.2.4.202",  # HTJ2K lossless RPCL
+        "1.2.840.10008.1.2.4.70",  # JPEG lossless SV1
+        "1.2.840.10008.1.2.4.57",  # JPEG lossless
+        "1.2.840.10008.1.2.5",  # RLE lossless
+    ]
+    uncompressed = [
+        "1.2.840.10008.1.2.1",  # explicit VR little endian
+        "1.2.840.10008.1.2.1.99",  # deflated explicit VR little endian
+        "1.2.840.10008.1.2.2",  # explicit VR big endian
+        "1.2.840.10008.1.2",  # implicit VR little endian
+    ]
+    first = lossless_compressed + uncompressed
+    return first + [ts for ts in ALL_TRANSFER_SYNTAXES if ts not in first]
+
+
 def build_ae(archive: Archive) -> tuple[AE, list[PresentationContext], list[tuple[Any, ...]]]:
     """The AE, the presentation contexts it accepts and the handler bindings."""
     settings = archive.settings
@@ -34,9 +58,10 @@ def build_ae(archive: Archive) -> tuple[AE, list[PresentationContext], list[tupl
     ae.acse_timeout = 30
     ae.dimse_timeout = settings.network_timeout
     ae.require_called_aet = True
+    syntaxes = accepted_transfer_syntaxes()
     contexts = shared_contexts(
-        [(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES) for cx in AllStoragePresentationContexts]
-        + [(Verification, ALL_TRANSFER_SYNTAXES)]
+        [(cx.abstract_syntax, syntaxes) for cx in AllStoragePresentationContexts]
+        + [(Verification, syntaxes)]
     )
 
     control = access.AccessControl(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import threading
 
 from rich.console import Console
@@ -78,7 +79,8 @@ def _drain_compression(archive: Archive) -> None:
     pending = archive.index.pending_jobs()
     if not pending:
         return
-    compressor = archive.compressor(worker_id="import")
+    archive.index.release_dead_claims(socket.gethostname())
+    compressor = archive.compressor()
     with Progress(
         TextColumn("[bold]compressing"), BarColumn(), MofNCompleteColumn(), console=err, disable=not err.is_terminal
     ) as progress:

@@ -11,6 +11,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import threading
 from multiprocessing.process import BaseProcess
 
@@ -38,7 +39,7 @@ def compression_worker_main(settings_json: str, parent_pid: int, number: int) ->
     os.nice(10)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     try:
-        archive.compressor(worker_id=f"compress-{number}:{os.getpid()}").run_forever(stop, parent_pid=parent_pid)
+        archive.compressor().run_forever(stop, parent_pid=parent_pid)
     finally:
         archive.close()
 
@@ -116,6 +117,9 @@ def serve(settings: Settings) -> int:
     dicom_server = dicom_ae.start(archive, reuse_port=shared_port)
     if shared_port and settings.dicom_port == 0:
         raise SystemExit("dicom_processes > 1 needs a fixed --dicom-port")
+    released = archive.index.release_dead_claims(socket.gethostname())
+    if released:
+        log.warning("released %d compression jobs claimed by workers that died", released)
     workers = start_compression_workers(settings) + start_dicom_workers(settings)
     try:
         app = create_app(archive)

@@ -60,16 +60,22 @@ class Compressor:
 
     def run_forever(self, stop: threading.Event, idle_sleep: float = 0.2, parent_pid: int | None = None) -> None:
         log.info("compression worker %s started", self.worker_id)
-        while not stop.is_set():
-            if parent_pid is not None and os.getppid() != parent_pid:
-                log.warning("parent process is gone; compression worker stops")
-                return
+        try:
+            while not stop.is_set():
+                if parent_pid is not None and os.getppid() != parent_pid:
+                    log.warning("parent process is gone; compression worker stops")
+                    return
+                try:
+                    if self.run_once():
+                        continue
+                except ArchiveError as exc:
+                    log.warning("compression worker: %s; retrying", exc)
+                stop.wait(idle_sleep)
+        finally:
             try:
-                if self.run_once():
-                    continue
-            except ArchiveError as exc:
-                log.warning("compression worker: %s; retrying", exc)
-            stop.wait(idle_sleep)
+                self.index.release_claims(self.worker_id)
+            except ArchiveError:
+                pass  # the leases expire by themselves
 
     def _process(self, job: CompressionJob) -> None:
         try:

@@ -137,8 +137,10 @@ class Ingest:
             sop_instance_uid=attrs.sop_instance_uid,
             source_aet=received.source.aet,
         )
-        if existing is not None and existing.received_transfer_syntax != ts and self._same_as_stored(existing, file_bytes):
-            log.info("%s resent in another transfer syntax: same content, nothing written", attrs.sop_instance_uid)
+        if existing is not None and self._same_as_stored(existing, file_bytes):
+            # Same attributes and pixels, other bytes: another transfer syntax, or a sender
+            # that re-encodes (DCMTK writes sequences with explicit lengths, for one).
+            log.info("%s resent with other encoding: same content, nothing written", attrs.sop_instance_uid)
             self._audit_duplicate(attrs, received.source)
             return self._result(Outcome.DUPLICATE, attrs, existing.stored_transfer_syntax)
         received_obj = StoredObject("", received_sha, size, ts)

@@ -7,6 +7,7 @@ errors are translated here into the domain tree (:mod:`storage.errors`).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -73,6 +74,20 @@ def _select_by_key(table: Any, key: str, lock: bool) -> Any:
             stmt = stmt.with_for_update()
         _SELECT_BY_KEY[(table.name, lock)] = stmt
     return stmt
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed worker nobody has reaped yet is a zombie: dead for our purpose
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _inserted_pk(result: Any) -> int:
@@ -422,6 +437,36 @@ class Index:
                     # A worker died between writing its result and committing the swap.
                     self._schedule_delete(conn, job.stale_target_key, "abandoned compression result")
             return jobs
+
+    def release_dead_claims(self, host: str) -> int:
+        """Release jobs leased by workers of ``host`` whose process is gone (ids ``host:pid``,
+        as :class:`storage.compression.Compressor` names itself), instead of waiting for their
+        lease to expire. Returns how many jobs were released."""
+        released = 0
+        with self.write() as conn:
+            owners = conn.execute(
+                select(compression_job.c.claimed_by).distinct().where(compression_job.c.claimed_by.is_not(None))
+            ).scalars()
+            for owner in list(owners):
+                owner_host, _, pid = str(owner).rpartition(":")
+                if owner_host != host or not pid.isdigit() or _process_alive(int(pid)):
+                    continue
+                released += self._release(conn, str(owner))
+        return released
+
+    def release_claims(self, owner: str) -> int:
+        """Release every job ``owner`` still holds (a worker stopping cleanly)."""
+        with self.write() as conn:
+            return self._release(conn, owner)
+
+    @staticmethod
+    def _release(conn: Connection, owner: str) -> int:
+        result = conn.execute(
+            update(compression_job)
+            .where(compression_job.c.claimed_by == owner)
+            .values(claimed_by=None, claimed_until=None)
+        )
+        return int(result.rowcount)
 
     def pending_jobs(self) -> int:
         with self.read() as conn:
