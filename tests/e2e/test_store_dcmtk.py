@@ -117,8 +117,8 @@ def test_store_synthetic(
     server.wait_compressed(timeout=300)
     index = IndexView(server.data_dir)
     for path in files:
-        # storescu also offers explicit VR for an implicit file, and filmless prefers it
-        # (private tags keep their VRs): only dcmsend-independent, single-syntax offers are pinned.
+        # For an implicit VR file storescu also offers explicit VR, which filmless prefers
+        # (private tags keep their VRs); every other storescu send is pinned to the file's syntax.
         pinned = tool == "storescu" and syntax != "implicit"
         row = check_stored_instance(index, path, received_as=SENT_SYNTAX if pinned else None)
         if tool == "storescu" and kind != "sr" and syntax in ("explicit", "implicit", "deflated"):
