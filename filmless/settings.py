@@ -103,7 +103,7 @@ class Settings(BaseSettings):
     )
     tcp_nodelay: bool = Field(True, description="Disable Nagle's algorithm on DICOM connections.")
     dimse_poll_interval: float = Field(
-        0.0002,
+        0.0005,
         gt=0,
         le=0.1,
         description="Seconds pynetdicom's per-association reader sleeps when idle; lower answers faster for a little idle CPU.",
