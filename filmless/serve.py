@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from multiprocessing.process import BaseProcess
 
 import uvicorn
@@ -24,7 +25,22 @@ from storage.ingest import CompressionMode
 log = logging.getLogger("filmless.serve")
 
 
-def compression_worker_main(settings_json: str, parent_pid: int, number: int) -> None:
+class ArrivalClock:
+    """When the last image arrived, shared by every process of one `filmless serve`."""
+
+    def __init__(self) -> None:
+        self._value = multiprocessing.get_context("spawn").RawValue("d", 0.0)
+
+    def tick(self) -> None:
+        self._value.value = time.monotonic()
+
+    def busy(self, quiet: float) -> bool:
+        return time.monotonic() - float(self._value.value) < quiet
+
+
+def compression_worker_main(
+    settings_json: str, parent_pid: int, number: int, arrivals: ArrivalClock | None = None
+) -> None:
     """Entry point of a compression worker process."""
     settings = Settings.model_validate_json(settings_json)
     configure_logging(settings.log_level)
@@ -39,18 +55,22 @@ def compression_worker_main(settings_json: str, parent_pid: int, number: int) ->
     os.nice(10)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     try:
-        archive.compressor().run_forever(stop, parent_pid=parent_pid)
+        quiet = settings.compression.defer_while_receiving
+        busy = (lambda: arrivals.busy(quiet)) if arrivals is not None and quiet > 0 else None
+        archive.compressor().run_forever(stop, parent_pid=parent_pid, busy=busy)
     finally:
         archive.close()
 
 
-def dicom_worker_main(settings_json: str, parent_pid: int, number: int) -> None:
+def dicom_worker_main(
+    settings_json: str, parent_pid: int, number: int, arrivals: ArrivalClock | None = None
+) -> None:
     """Entry point of an extra DICOM receiver process sharing the port (SO_REUSEPORT)."""
     from dicom_node import ae as dicom_ae
 
     settings = Settings.model_validate_json(settings_json)
     configure_logging(settings.log_level)
-    archive = build_archive(settings)
+    archive = build_archive(settings, on_queued=arrivals.tick if arrivals is not None else None)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -65,11 +85,11 @@ def dicom_worker_main(settings_json: str, parent_pid: int, number: int) -> None:
         archive.close()
 
 
-def _spawn(target: object, settings: Settings, number: int, name: str) -> BaseProcess:
+def _spawn(target: object, settings: Settings, number: int, name: str, arrivals: ArrivalClock) -> BaseProcess:
     ctx = multiprocessing.get_context("spawn")
     proc = ctx.Process(
         target=target,  # type: ignore[arg-type]
-        args=(settings.model_dump_json(), os.getpid(), number),
+        args=(settings.model_dump_json(), os.getpid(), number, arrivals),
         name=name,
         daemon=True,
     )
@@ -77,18 +97,18 @@ def _spawn(target: object, settings: Settings, number: int, name: str) -> BasePr
     return proc
 
 
-def start_dicom_workers(settings: Settings) -> list[BaseProcess]:
+def start_dicom_workers(settings: Settings, arrivals: ArrivalClock) -> list[BaseProcess]:
     return [
-        _spawn(dicom_worker_main, settings, number, f"filmless-dicom-{number}")
+        _spawn(dicom_worker_main, settings, number, f"filmless-dicom-{number}", arrivals)
         for number in range(1, settings.dicom_processes)
     ]
 
 
-def start_compression_workers(settings: Settings) -> list[BaseProcess]:
+def start_compression_workers(settings: Settings, arrivals: ArrivalClock) -> list[BaseProcess]:
     if settings.compression.mode is not CompressionMode.BACKGROUND:
         return []
     return [
-        _spawn(compression_worker_main, settings, number, f"filmless-compress-{number}")
+        _spawn(compression_worker_main, settings, number, f"filmless-compress-{number}", arrivals)
         for number in range(settings.compression.workers)
     ]
 
@@ -109,7 +129,8 @@ def serve(settings: Settings) -> int:
     from viewer_api.app import create_app
 
     configure_logging(settings.log_level)
-    archive = build_archive(settings)
+    arrivals = ArrivalClock()
+    archive = build_archive(settings, on_queued=arrivals.tick)
     if settings.accept_unknown_aes:
         log.warning("unknown calling AE titles are accepted (development default); set accept_unknown_aes=false in production")
     log.info("index %s, objects %s", settings.index_url.split("@")[-1], settings.storage_url)
@@ -120,7 +141,7 @@ def serve(settings: Settings) -> int:
     released = archive.index.release_dead_claims(socket.gethostname())
     if released:
         log.warning("released %d compression jobs claimed by workers that died", released)
-    workers = start_compression_workers(settings) + start_dicom_workers(settings)
+    workers = start_compression_workers(settings, arrivals) + start_dicom_workers(settings, arrivals)
     try:
         app = create_app(archive)
         config = uvicorn.Config(

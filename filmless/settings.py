@@ -50,6 +50,13 @@ class CompressionSettings(BaseModel):
         "(fast acknowledgements); inline: compress before acknowledging.",
     )
     workers: int = Field(1, ge=0, le=64, description="Background compression worker processes (0: none).")
+    defer_while_receiving: float = Field(
+        0.5,
+        ge=0,
+        le=60,
+        description="Background workers wait until no image has arrived for this many seconds "
+        "(at most a minute at a time), leaving the CPU to acknowledging modalities; 0: never wait.",
+    )
 
     def policy(self) -> CompressionPolicy:
         return CompressionPolicy(

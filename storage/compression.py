@@ -15,6 +15,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 from storage import codecs, part10
@@ -58,13 +59,31 @@ class Compressor:
         while self.run_once():
             pass
 
-    def run_forever(self, stop: threading.Event, idle_sleep: float = 0.2, parent_pid: int | None = None) -> None:
+    def run_forever(
+        self,
+        stop: threading.Event,
+        idle_sleep: float = 0.2,
+        parent_pid: int | None = None,
+        busy: Callable[[], bool] | None = None,
+        max_deferral: float = 60.0,
+    ) -> None:
+        """Work until ``stop``. While ``busy()`` says images are arriving, wait (at most
+        ``max_deferral`` seconds at a time): on a small server the receivers need the CPU
+        to acknowledge quickly, and compression catches up in the pauses."""
         log.info("compression worker %s started", self.worker_id)
+        deferred_since: float | None = None
         try:
             while not stop.is_set():
                 if parent_pid is not None and os.getppid() != parent_pid:
                     log.warning("parent process is gone; compression worker stops")
                     return
+                if busy is not None and busy():
+                    now = time.monotonic()
+                    deferred_since = deferred_since or now
+                    if now - deferred_since < max_deferral:
+                        stop.wait(idle_sleep)
+                        continue
+                deferred_since = None
                 try:
                     if self.run_once():
                         continue

@@ -313,3 +313,38 @@ def test_giving_up_after_a_written_result_leaves_no_orphan(
     assert object_keys(archive) == {row.object_key}
     report = verify(archive.index, archive.store)
     assert report.ok, report
+
+
+def _run_worker_until_done(archive: Archive, **kwargs: Any) -> float:
+    import threading
+    import time
+
+    stop = threading.Event()
+    compressor = archive.compressor(worker_id="test-forever")
+    started = time.monotonic()
+    thread = threading.Thread(target=compressor.run_forever, args=(stop,), kwargs={"idle_sleep": 0.02, **kwargs})
+    thread.start()
+    try:
+        while archive.index.pending_jobs() and time.monotonic() - started < 30:
+            time.sleep(0.02)
+        return time.monotonic() - started
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+def test_the_worker_waits_while_images_arrive_but_not_forever(archive: Archive) -> None:
+    archive.ingest.store_file(to_part10(small_ct(1, size=32)[0]), SOURCE)
+    elapsed = _run_worker_until_done(archive, busy=lambda: True, max_deferral=0.3)
+    assert archive.index.pending_jobs() == 0
+    assert elapsed >= 0.3  # deferred first, then worked all the same
+
+
+def test_a_stopped_worker_releases_its_claims(archive: Archive) -> None:
+    archive.ingest.store_file(to_part10(small_ct(1, size=32)[0]), SOURCE)
+    _run_worker_until_done(archive)
+    assert archive.index.pending_jobs() == 0
+    archive.ingest.store_file(to_part10(small_ct(2, size=32, seed=9)[1]), SOURCE)
+    claimed = archive.index.claim_jobs("gone:1", 10, timedelta(minutes=10))
+    assert claimed and archive.index.release_claims("gone:1") == len(claimed)
+    assert archive.compressor().run_once() == len(claimed)
