@@ -138,6 +138,9 @@ def serve(settings: Settings) -> int:
     dicom_server = dicom_ae.start(archive, reuse_port=shared_port)
     if shared_port and settings.dicom_port == 0:
         raise SystemExit("dicom_processes > 1 needs a fixed --dicom-port")
+    sweep = getattr(archive.store, "sweep_temporaries", None)
+    if sweep is not None and (swept := sweep()):
+        log.warning("removed %d partial object files left by an earlier crash", swept)
     released = archive.index.release_dead_claims(socket.gethostname())
     if released:
         log.warning("released %d compression jobs claimed by workers that died", released)

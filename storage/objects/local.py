@@ -109,15 +109,19 @@ class LocalObjectStore:
                 full = Path(dirpath, name)
                 yield full.relative_to(self.root).as_posix()
 
-    def sweep_temporaries(self) -> int:
-        """Remove temporary files a crash left behind; returns how many."""
+    def sweep_temporaries(self, min_age: float = 3600.0) -> int:
+        """Remove temporary files a crash left behind (older than ``min_age`` seconds, so that
+        another process's write in progress is left alone); returns how many."""
         removed = 0
+        cutoff = time.time() - min_age
         for dirpath, _dirnames, filenames in os.walk(self.root):
             for name in filenames:
                 if name.endswith(_TMP_SUFFIX):
+                    path = Path(dirpath, name)
                     try:
-                        Path(dirpath, name).unlink()
-                        removed += 1
+                        if path.stat().st_mtime < cutoff:
+                            path.unlink()
+                            removed += 1
                     except OSError:
                         pass
         return removed
