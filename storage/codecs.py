@@ -28,7 +28,6 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGLSLossless,
-    UID,
 )
 from pydicom.tag import BaseTag
 
