@@ -672,13 +672,10 @@ def dcmsend_command(
     extra_args: Sequence[str] = (),
     executable: StrPath = DCMSEND,
 ) -> list[str]:
-    """Build a DCMTK ``dcmsend`` command line (directories scanned with ``+sd +r``)."""
-    paths = _as_paths(files_or_dir)
-    command = [str(executable), "-aet", calling_aet, "-aec", called_aet]
-    if any(p.is_dir() for p in paths):
-        command += ["+sd", "+r"]
-    command += [*extra_args, host, str(port), *(str(p) for p in paths)]
-    return command
+    """Build a DCMTK ``dcmsend`` command line: the same options as storescu's."""
+    return storescu_command(
+        files_or_dir, host, port, called_aet, calling_aet, extra_args=extra_args, executable=executable
+    )
 
 
 def echo(
