@@ -17,6 +17,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_node import access
 from dicom_node.echo import handle_echo
+from dicom_node.reactor import EventDrivenRequestHandler
 from dicom_node.server import DicomServer, make_conn_open_handler, shared_contexts
 from dicom_node.store import handle_store
 from filmless.bootstrap import Archive
@@ -97,6 +98,7 @@ def start(archive: Archive, *, reuse_port: bool = False) -> DicomServer:
         evt_handlers=handlers,
         server_class=Server,
         contexts=contexts,
+        request_handler=EventDrivenRequestHandler,
     )
     assert isinstance(server, DicomServer)
     ae._servers.append(server)  # so that server.shutdown() finds itself, as in start_server

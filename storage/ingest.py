@@ -21,6 +21,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BytesIO
+from typing import Any
 
 from pydicom.filereader import read_dataset
 from pydicom.uid import AllTransferSyntaxes, DeflatedExplicitVRLittleEndian
@@ -43,6 +44,8 @@ TRANSFER_SYNTAXES = frozenset(str(uid) for uid in AllTransferSyntaxes)
 # Every standard transfer syntax lives under 1.2.840.10008.1.2 (PS3.6 Table A-1), including
 # ones newer than pydicom's list (HEVC, JPIP referenced, SMPTE ST 2110).
 _STANDARD_TS = re.compile(r"1\.2\.840\.10008\.1\.2(\.[0-9]+)*")
+# Below this size hashing costs less than handing the work to another thread.
+_HASH_INLINE_BELOW = 128 * 1024
 
 
 class CompressionMode(enum.StrEnum):
@@ -119,31 +122,66 @@ class Ingest:
         ts = received.transfer_syntax_uid
         if ts not in TRANSFER_SYNTAXES and not _STANDARD_TS.fullmatch(ts):
             raise MalformedDataset(f"unknown transfer syntax {ts[:64]!r}")
+        # Hashing 0.5 MB takes ~0.4 ms and releases the GIL: it runs beside the parsing.
+        received_sha = self._hash(received.dataset)
+        write: _Write | None = None
+        if self.mode is CompressionMode.BACKGROUND and received.expected_sop_class_uid and received.expected_sop_instance_uid:
+            # The object as it will be stored is known from the DIMSE request alone: start
+            # writing it now, beside the parsing; a dataset that turns out not to match the
+            # request, or a duplicate, deletes it again.
+            write = self._start_write(
+                part10.build_file(
+                    received.dataset,
+                    transfer_syntax_uid=ts,
+                    sop_class_uid=received.expected_sop_class_uid,
+                    sop_instance_uid=received.expected_sop_instance_uid,
+                    source_aet=received.source.aet,
+                ),
+                ts,
+            )
+        try:
+            return self._store(received, received_sha, write)
+        except BaseException:
+            if write is not None:
+                write.discard()
+            raise
+
+    def _store(self, received: Received, received_sha: Callable[[], str], write: _Write | None) -> StoreResult:
+        ts, size = received.transfer_syntax_uid, len(received.dataset)
         has_pixels = part10.check_complete(received.dataset, ts)
         attrs = self._parse(received.dataset, ts, has_pixels)
         self._check_expected(received, attrs)
 
-        received_sha = sha256(received.dataset)
-        existing = self.index.get_instance(attrs.sop_instance_uid)
-        if existing is not None and existing.received_sha256 == received_sha:
+        # With the write already under way, the index is asked once, inside the transaction;
+        # otherwise a duplicate found here saves writing (and compressing) it.
+        speculative = write is not None
+        existing = None if speculative else self.index.get_instance(attrs.sop_instance_uid)
+        if existing is not None and existing.received_sha256 == received_sha():
             log.info("duplicate of %s from %s: already stored, nothing written", attrs.sop_instance_uid, received.source.aet)
             self._audit_duplicate(attrs, received.source)
+            if write is not None:
+                write.discard()
             return self._result(Outcome.DUPLICATE, attrs, existing.stored_transfer_syntax)
 
-        file_bytes = part10.build_file(
-            received.dataset,
-            transfer_syntax_uid=ts,
-            sop_class_uid=attrs.sop_class_uid,
-            sop_instance_uid=attrs.sop_instance_uid,
-            source_aet=received.source.aet,
+        file_bytes = (
+            write.data
+            if write is not None
+            else part10.build_file(
+                received.dataset,
+                transfer_syntax_uid=ts,
+                sop_class_uid=attrs.sop_class_uid,
+                sop_instance_uid=attrs.sop_instance_uid,
+                source_aet=received.source.aet,
+            )
         )
         if existing is not None and self._same_as_stored(existing, file_bytes):
             # Same attributes and pixels, other bytes: another transfer syntax, or a sender
             # that re-encodes (DCMTK writes sequences with explicit lengths, for one).
             log.info("%s resent with other encoding: same content, nothing written", attrs.sop_instance_uid)
             self._audit_duplicate(attrs, received.source)
+            if write is not None:
+                write.discard()
             return self._result(Outcome.DUPLICATE, attrs, existing.stored_transfer_syntax)
-        received_obj = StoredObject("", received_sha, size, ts)
         target = self.policy.target_for(
             received_transfer_syntax=ts,
             modality=attrs.series.get("modality"),
@@ -165,24 +203,57 @@ class Ingest:
             # Kept as received; the background worker checks the compressed stream decodes.
             pending, job_target = True, ts
 
-        key = new_key()
-        # The object is written (and fsynced) by a helper thread while this one prepares the
-        # index transaction; the transaction commits only once the write is durable.
-        writing = self._writer.submit(self.store.put, key, data)
+        if write is None:
+            # Hashed and written (and fsynced) by helper threads while this one prepares the
+            # index transaction, which commits only once the write is durable.
+            write = self._start_write(data, stored_ts)
         try:
-            stored = StoredObject(key, sha256(data), len(data), stored_ts)
-            outcome = self._commit(
-                attrs, received_obj, stored, received.source, pending, job_target, note, durable=writing.result
-            )
+            assert write.data is data
+            known = existing
+            while True:
+                try:
+                    outcome = self._commit(
+                        attrs,
+                        lambda: StoredObject("", received_sha(), size, ts),
+                        write.stored,
+                        received.source,
+                        pending,
+                        job_target,
+                        note,
+                        look_first=speculative or existing is not None,
+                        known=known,
+                        durable=write.durable,
+                    )
+                    break
+                except _UnexpectedVersion as exc:
+                    # Another version is stored than the one compared with above (or none was):
+                    # compare with it outside the transaction, then try again.
+                    if self._same_as_stored(exc.row, file_bytes):
+                        log.info("%s resent with other encoding: same content, nothing written", attrs.sop_instance_uid)
+                        self._audit_duplicate(attrs, received.source)
+                        write.discard()
+                        return self._result(Outcome.DUPLICATE, attrs, exc.row.stored_transfer_syntax)
+                    known = exc.row
+            if outcome is Outcome.DUPLICATE:
+                write.discard()
+            elif pending and self.on_queued is not None:
+                self.on_queued()
         except BaseException:
-            futures.wait([writing])
-            self._forget(key)
+            if not speculative:  # the caller discards a speculative write
+                write.discard()
             raise
-        if outcome is Outcome.DUPLICATE:
-            self._forget(key)
-        elif pending and self.on_queued is not None:
-            self.on_queued()
         return self._result(outcome, attrs, stored_ts)
+
+    def _start_write(self, data: bytes, transfer_syntax_uid: str) -> _Write:
+        key = new_key()
+        return _Write(self, key, data, transfer_syntax_uid, self._hash(data), self._writer.submit(self.store.put, key, data))
+
+    def _hash(self, data: bytes) -> Callable[[], str]:
+        """The sha256 of ``data``, computed on a helper thread when it is worth a hand-off."""
+        if len(data) < _HASH_INLINE_BELOW:
+            digest = sha256(data)
+            return lambda: digest
+        return self._writer.submit(sha256, data).result
 
     # --- steps ---------------------------------------------------------------------------------
     @staticmethod
@@ -223,26 +294,40 @@ class Ingest:
     def _commit(
         self,
         attrs: InstanceAttributes,
-        received: StoredObject,
-        stored: StoredObject,
+        received: Callable[[], StoredObject],
+        stored: Callable[[], StoredObject],
         source: Source,
         pending: bool,
         job_target: str | None,
         note: str,
         *,
+        look_first: bool,
+        known: Any,
         durable: Callable[[], object],
     ) -> Outcome:
+        """Commit the index rows once the object is durable.
+
+        ``known`` is the stored version the new content was compared with (or None); finding
+        another one raises :class:`_UnexpectedVersion`. Without ``look_first`` (a lookup just
+        before saw no row) the instance is not looked up: an association storing the same
+        instance meanwhile makes the insert fail, and the retry looks."""
         flags = "charset-replaced" if any("replacement" in w for w in attrs.warnings) else ""
         for attempt in range(3):
             try:
                 with self.index.write() as conn:
-                    existing = self.index.find_instance(conn, attrs.sop_instance_uid)
-                    if existing is not None and existing.received_sha256 == received.sha256:
+                    look = look_first or attempt > 0
+                    existing = self.index.find_instance(conn, attrs.sop_instance_uid) if look else None
+                    if existing is not None and existing.received_sha256 == received().sha256:
                         durable()
                         return Outcome.DUPLICATE
-                    new = NewInstance(attrs, received, stored, source, pending, flags, note)
+                    if existing is not None and (
+                        known is None or (known.pk, known.version) != (existing.pk, existing.version)
+                    ):
+                        raise _UnexpectedVersion(existing)
+                    hierarchy = self.index.upsert_hierarchy(conn, attrs) if existing is None else None
+                    new = NewInstance(attrs, received(), stored(), source, pending, flags, note)
                     if existing is None:
-                        pk = self.index.insert_instance(conn, new)
+                        pk = self.index.insert_instance(conn, new, hierarchy)
                         outcome = Outcome.STORED
                     else:
                         pk = self.index.replace_instance(conn, existing, new)
@@ -254,7 +339,7 @@ class Ingest:
                             existing.version,
                         )
                     if job_target is not None:
-                        self.index.enqueue_compression(conn, pk, stored.key, job_target)
+                        self.index.enqueue_compression(conn, pk, new.stored.key, job_target)
                     self.index.audit(
                         conn,
                         "instance.store" if outcome is Outcome.STORED else "instance.replace",
@@ -308,6 +393,38 @@ class Ingest:
             stored_transfer_syntax=stored_ts,
             warnings=attrs.warnings,
         )
+
+
+class _UnexpectedVersion(Exception):
+    """The index holds a version of the instance this ingest has not compared with."""
+
+    def __init__(self, row: Any) -> None:
+        super().__init__(row.sop_instance_uid)
+        self.row = row
+
+
+@dataclass
+class _Write:
+    """An object being hashed and written by helper threads."""
+
+    ingest: Ingest
+    key: str
+    data: bytes
+    transfer_syntax_uid: str
+    sha256: Callable[[], str]
+    future: futures.Future[None]
+
+    def stored(self) -> StoredObject:
+        return StoredObject(self.key, self.sha256(), len(self.data), self.transfer_syntax_uid)
+
+    def durable(self) -> None:
+        """Wait for the write; raises what it raised."""
+        self.future.result()
+
+    def discard(self) -> None:
+        """Wait for the write to end, then delete the object (if it was written at all)."""
+        futures.wait([self.future])
+        self.ingest._forget(self.key)
 
 
 def describe_rejection(exc: RejectedInstance) -> str:

@@ -44,7 +44,7 @@ def utcnow() -> datetime:
 # Statements of the ingest hot path, built once: executing a prebuilt construct with a
 # parameter dict skips SQLAlchemy's per-call construction and hits its compiled cache.
 _FIND_INSTANCE = select(instance).where(instance.c.sop_instance_uid == bindparam("uid"))
-_INSERT = {t.name: insert(t) for t in (patient, study, series, instance)}
+_INSERT = {t.name: insert(t) for t in (patient, study, series, instance, compression_job, audit_event)}
 _BUMP_SERIES = (
     update(series)
     .where(series.c.pk == bindparam("series_pk"))
@@ -144,6 +144,14 @@ class NewInstance:
 
 
 @dataclass(frozen=True)
+class Hierarchy:
+    """The series and study rows an instance goes under, as they were before it."""
+
+    series: Row[Any]
+    study: Row[Any]
+
+
+@dataclass(frozen=True)
 class CompressionJob:
     pk: int
     instance_pk: int
@@ -213,10 +221,18 @@ class Index:
         with self.read() as conn:
             return self.find_instance(conn, sop_instance_uid)
 
-    def insert_instance(self, conn: Connection, new: NewInstance) -> int:
+    def upsert_hierarchy(self, conn: Connection, attrs: InstanceAttributes) -> Hierarchy:
+        """Create or complete the patient, study and series rows of a new instance (the study
+        row is locked); the first half of :meth:`insert_instance`, for callers that have work
+        to overlap with it."""
+        return Hierarchy(*self._upsert_hierarchy(conn, attrs, utcnow()))
+
+    def insert_instance(self, conn: Connection, new: NewInstance, hierarchy: Hierarchy | None = None) -> int:
         now = utcnow()
         attrs, received, stored = new.attrs, new.received, new.stored
-        series_row, study_row = self._upsert_hierarchy(conn, attrs, now)
+        if hierarchy is None:
+            hierarchy = self.upsert_hierarchy(conn, attrs)
+        series_row, study_row = hierarchy.series, hierarchy.study
         values = self._instance_values(new, now)
         values.update(series_pk=series_row.pk, version=1)
         pk = _inserted_pk(conn.execute(_INSERT["instance"], values))
@@ -397,13 +413,14 @@ class Index:
     @staticmethod
     def enqueue_compression(conn: Connection, instance_pk: int, object_key: str, target_ts: str) -> None:
         conn.execute(
-            insert(compression_job).values(
-                instance_pk=instance_pk,
-                object_key=object_key,
-                target_transfer_syntax=target_ts,
-                attempts=0,
-                created_at=utcnow(),
-            )
+            _INSERT["compression_job"],
+            {
+                "instance_pk": instance_pk,
+                "object_key": object_key,
+                "target_transfer_syntax": target_ts,
+                "attempts": 0,
+                "created_at": utcnow(),
+            },
         )
 
     def claim_jobs(self, worker: str, limit: int, lease: timedelta) -> list[CompressionJob]:
@@ -671,17 +688,18 @@ class Index:
         detail: Mapping[str, Any] | None = None,
     ) -> None:
         conn.execute(
-            insert(audit_event).values(
-                at=utcnow(),
-                action=action,
-                outcome=outcome,
-                actor=actor,
-                actor_host=actor_host,
-                study_instance_uid=study_instance_uid,
-                series_instance_uid=series_instance_uid,
-                sop_instance_uid=sop_instance_uid,
-                detail=json.dumps(dict(detail), ensure_ascii=False) if detail else None,
-            )
+            _INSERT["audit_event"],
+            {
+                "at": utcnow(),
+                "action": action,
+                "outcome": outcome,
+                "actor": actor,
+                "actor_host": actor_host,
+                "study_instance_uid": study_instance_uid,
+                "series_instance_uid": series_instance_uid,
+                "sop_instance_uid": sop_instance_uid,
+                "detail": json.dumps(dict(detail), ensure_ascii=False) if detail else None,
+            },
         )
 
     def record_audit(self, action: str, outcome: str, **kwargs: Any) -> None:

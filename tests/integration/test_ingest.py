@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+from io import BytesIO
 import unicodedata
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from pydicom import dcmread
 from pydicom.uid import (
     BasicTextSRStorage,
     CTImageStorage,
@@ -376,3 +378,96 @@ def test_implicit_vr_image_is_compressed_with_every_value_byte_kept(archive: Arc
     assert same_attributes(old, new) is None
     assert bytes(new.get_item(0x00081030).value).endswith(b"   ")
     assert (new.pixel_array == old.pixel_array).all()
+
+
+# --- the C-STORE path: the object is written while the dataset is parsed ----------------------------
+def _as_cstore(data: bytes, source: Source = SOURCE) -> Received:
+    """What the C-STORE handler hands over: the request's UIDs come with the dataset."""
+    split = part10.split(data)
+    ds = dcmread(BytesIO(data), stop_before_pixels=True)
+    return Received(
+        split.dataset,
+        split.transfer_syntax_uid,
+        source,
+        expected_sop_class_uid=str(ds.SOPClassUID),
+        expected_sop_instance_uid=str(ds.SOPInstanceUID),
+    )
+
+
+def test_cstore_identical_resend_writes_nothing(archive: Archive) -> None:
+    (data,) = _ct(1)
+    assert archive.ingest.store_received(_as_cstore(data)).outcome is Outcome.STORED
+    before = snapshot(archive)[1]
+    again = archive.ingest.store_received(_as_cstore(data, Source(aet="OTHER", host="10.0.0.6")))
+    assert again.outcome is Outcome.DUPLICATE
+    assert snapshot(archive)[1] == before  # the object written meanwhile is gone again
+    assert verify(archive.index, archive.store).ok
+
+
+@pytest.mark.parametrize("drained", [False, True], ids=["as-received", "compressed"])
+def test_cstore_resend_in_another_transfer_syntax_writes_nothing(archive: Archive, drained: bool) -> None:
+    ds = small_ct(1, size=32)[0]
+    archive.ingest.store_received(_as_cstore(to_part10(ds)))
+    if drained:
+        archive.compressor().drain()
+    before = snapshot(archive)
+    result = archive.ingest.store_received(_as_cstore(to_part10(ds, JPEGLSLossless)))
+    assert result.outcome is Outcome.DUPLICATE
+    after = snapshot(archive)
+    assert after[1] == before[1]
+    assert archive.index.stats()["prior_versions"] == 0
+
+
+def test_cstore_changed_resend_becomes_version_2(archive: Archive) -> None:
+    ds = small_ct(1, size=32)[0]
+    archive.ingest.store_received(_as_cstore(to_part10(ds)))
+    (v1,) = rows(archive, schema.instance)
+    ds.SeriesDescription = "corrected description"
+    assert archive.ingest.store_received(_as_cstore(to_part10(ds))).outcome is Outcome.REPLACED
+    (v2,) = rows(archive, schema.instance)
+    assert v2.version == 2 and object_keys(archive) == {v1.object_key, v2.object_key}
+    assert verify(archive.index, archive.store).ok
+
+
+def test_cstore_dataset_not_matching_the_request_leaves_nothing(archive: Archive) -> None:
+    (data,) = _ct(1)
+    received = _as_cstore(data)
+    wrong = Received(
+        received.dataset,
+        received.transfer_syntax_uid,
+        SOURCE,
+        expected_sop_class_uid=received.expected_sop_class_uid,
+        expected_sop_instance_uid="1.2.826.0.1.3680043.8.498.1",
+    )
+    with pytest.raises(SOPClassMismatch):
+        archive.ingest.store_received(wrong)
+    assert object_keys(archive) == set() and counts(archive)["instance"] == 0
+
+
+@pytest.mark.parametrize("case", ["cut-in-a-header", "cut-in-a-sequence", "cut-in-pixel-data", "cut-one-byte-short"])
+def test_cstore_truncated_datasets_leave_nothing(archive: Archive, case: str) -> None:
+    whole = to_part10(small_ct(1, size=16, seed=9)[0])
+    expected = _as_cstore(whole)
+    cut = BAD_FILES[case][0]()
+    dataset = cut[len(whole) - len(expected.dataset) :]
+    received = Received(
+        dataset,
+        expected.transfer_syntax_uid,
+        SOURCE,
+        expected_sop_class_uid=expected.expected_sop_class_uid,
+        expected_sop_instance_uid=expected.expected_sop_instance_uid,
+    )
+    with pytest.raises(MalformedDataset):
+        archive.ingest.store_received(received)
+    assert object_keys(archive) == set() and counts(archive)["instance"] == 0
+
+
+@pytest.mark.parametrize("failing", ["enqueue_compression", "insert_instance", "audit"])
+def test_cstore_index_failure_leaves_no_object(archive: Archive, monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise OperationalError("INSERT ...", {}, Exception("disk I/O error"))
+
+    monkeypatch.setattr(archive.index, failing, broken)
+    with pytest.raises(IndexUnavailable):
+        archive.ingest.store_received(_as_cstore(_ct(1)[0]))
+    assert object_keys(archive) == set() and counts(archive)["instance"] == 0
