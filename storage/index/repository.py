@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from storage.attributes import InstanceAttributes
 from storage.errors import IndexUnavailable, InstanceAlreadyExists
 from storage.index.engine import WRITE_OPTION, write_lock_for
+from storage.index.prepared import prepared
 from storage.index.schema import (
     SCHEMA_VERSION,
     application_entity,
@@ -44,7 +45,9 @@ def utcnow() -> datetime:
 # Statements of the ingest hot path, built once: executing a prebuilt construct with a
 # parameter dict skips SQLAlchemy's per-call construction and hits its compiled cache.
 _FIND_INSTANCE = select(instance).where(instance.c.sop_instance_uid == bindparam("uid"))
+_INSTANCE_EXISTS = select(instance.c.pk).where(instance.c.sop_instance_uid == bindparam("uid"))
 _INSERT = {t.name: insert(t) for t in (patient, study, series, instance, compression_job, audit_event)}
+_INSERT_RETURNING_PK = insert(instance).returning(instance.c.pk)
 _BUMP_SERIES = (
     update(series)
     .where(series.c.pk == bindparam("series_pk"))
@@ -88,12 +91,6 @@ def _process_alive(pid: int) -> bool:
             return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"
     except (OSError, IndexError):
         return True
-
-
-def _inserted_pk(result: Any) -> int:
-    key = result.inserted_primary_key
-    assert key is not None
-    return int(key[0])
 
 
 def _this_job(job: CompressionJob) -> Any:
@@ -147,8 +144,8 @@ class NewInstance:
 class Hierarchy:
     """The series and study rows an instance goes under, as they were before it."""
 
-    series: Row[Any]
-    study: Row[Any]
+    series: Any  # PlainRow
+    study: Any
 
 
 @dataclass(frozen=True)
@@ -215,6 +212,9 @@ class Index:
     # --- instances --------------------------------------------------------------------------
     @staticmethod
     def find_instance(conn: Connection, sop_instance_uid: str) -> Row[Any] | None:
+        # Mostly there is none: ask cheaply first, then fetch the row with its types.
+        if prepared(conn, "instance exists", _INSTANCE_EXISTS).first(conn, {"uid": sop_instance_uid}) is None:
+            return None
         return conn.execute(_FIND_INSTANCE, {"uid": sop_instance_uid}).first()
 
     def get_instance(self, sop_instance_uid: str) -> Row[Any] | None:
@@ -235,11 +235,11 @@ class Index:
         series_row, study_row = hierarchy.series, hierarchy.study
         values = self._instance_values(new, now)
         values.update(series_pk=series_row.pk, version=1)
-        pk = _inserted_pk(conn.execute(_INSERT["instance"], values))
+        pk = int(prepared(conn, "insert instance", _INSERT_RETURNING_PK, values).scalar(conn, values))
         # Derived values, incrementally: the study row is locked by _upsert_hierarchy.
-        conn.execute(_BUMP_SERIES, {"series_pk": series_row.pk})
-        conn.execute(
-            _BUMP_STUDY,
+        prepared(conn, "bump series", _BUMP_SERIES).run(conn, {"series_pk": series_row.pk})
+        prepared(conn, "bump study", _BUMP_STUDY).run(
+            conn,
             {
                 "study_pk": study_row.pk,
                 "new_series": 1 if series_row.number_of_instances == 0 else 0,
@@ -305,7 +305,7 @@ class Index:
             self._refresh_derived(conn, old_series_pk, old_study_pk, now)
         return int(existing.pk)
 
-    def _upsert_hierarchy(self, conn: Connection, attrs: InstanceAttributes, now: datetime) -> tuple[Row[Any], Row[Any]]:
+    def _upsert_hierarchy(self, conn: Connection, attrs: InstanceAttributes, now: datetime) -> tuple[Any, Any]:
         """The series and study rows of ``attrs`` (created if new); the study row is locked."""
         patient_row = self._upsert(conn, patient, "patient_key", attrs.patient, {}, now)
         study_row = self._upsert(
@@ -326,16 +326,19 @@ class Index:
         now: datetime,
         *,
         lock: bool = False,
-    ) -> Row[Any]:
+    ) -> Any:
         """Insert the row, or fill in values the existing row lacks (first arrival wins for
         non-empty values; later instances complete what earlier ones left empty).
         Returns the row as it was before this call's changes (counts included)."""
-        query = _select_by_key(table, key, lock)
+        query = prepared(conn, f"{table.name} by key{' locked' if lock else ''}", _select_by_key(table, key, lock))
         params = {"key": values[key]}
-        row = conn.execute(query, params).first()
+        row = query.first(conn, params)
         if row is None:
-            conn.execute(_INSERT[table.name], {**values, **parents, "created_at": now, "updated_at": now})
-            return conn.execute(query, params).one()
+            new = {**values, **parents, "created_at": now, "updated_at": now}
+            prepared(conn, f"insert {table.name}", _INSERT[table.name], new).run(conn, new)
+            row = query.first(conn, params)
+            assert row is not None
+            return row
         changes = {
             name: value
             for name, value in values.items()
@@ -412,16 +415,14 @@ class Index:
     # --- the compression queue ------------------------------------------------------------
     @staticmethod
     def enqueue_compression(conn: Connection, instance_pk: int, object_key: str, target_ts: str) -> None:
-        conn.execute(
-            _INSERT["compression_job"],
-            {
-                "instance_pk": instance_pk,
-                "object_key": object_key,
-                "target_transfer_syntax": target_ts,
-                "attempts": 0,
-                "created_at": utcnow(),
-            },
-        )
+        job = {
+            "instance_pk": instance_pk,
+            "object_key": object_key,
+            "target_transfer_syntax": target_ts,
+            "attempts": 0,
+            "created_at": utcnow(),
+        }
+        prepared(conn, "insert compression_job", _INSERT["compression_job"], job).run(conn, job)
 
     def claim_jobs(self, worker: str, limit: int, lease: timedelta) -> list[CompressionJob]:
         """Claim up to ``limit`` jobs whose lease is free or expired (a crashed worker's)."""
@@ -687,20 +688,18 @@ class Index:
         sop_instance_uid: str | None = None,
         detail: Mapping[str, Any] | None = None,
     ) -> None:
-        conn.execute(
-            _INSERT["audit_event"],
-            {
-                "at": utcnow(),
-                "action": action,
-                "outcome": outcome,
-                "actor": actor,
-                "actor_host": actor_host,
-                "study_instance_uid": study_instance_uid,
-                "series_instance_uid": series_instance_uid,
-                "sop_instance_uid": sop_instance_uid,
-                "detail": json.dumps(dict(detail), ensure_ascii=False) if detail else None,
-            },
-        )
+        event = {
+            "at": utcnow(),
+            "action": action,
+            "outcome": outcome,
+            "actor": actor,
+            "actor_host": actor_host,
+            "study_instance_uid": study_instance_uid,
+            "series_instance_uid": series_instance_uid,
+            "sop_instance_uid": sop_instance_uid,
+            "detail": json.dumps(dict(detail), ensure_ascii=False) if detail else None,
+        }
+        prepared(conn, "insert audit_event", _INSERT["audit_event"], event).run(conn, event)
 
     def record_audit(self, action: str, outcome: str, **kwargs: Any) -> None:
         with self.write() as conn:
