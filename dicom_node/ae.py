@@ -18,7 +18,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from dicom_node import access
 from dicom_node.echo import handle_echo
 from dicom_node.reactor import EventDrivenRequestHandler
-from dicom_node.server import DicomServer, make_conn_open_handler, shared_contexts
+from dicom_node.server import DicomServer, shared_contexts
 from dicom_node.store import handle_store
 from filmless.bootstrap import Archive
 
@@ -71,7 +71,6 @@ def build_ae(archive: Archive) -> tuple[AE, list[PresentationContext], list[tupl
         check_host=settings.check_ae_host,
     )
     handlers: list[tuple[Any, ...]] = [
-        (evt.EVT_CONN_OPEN, make_conn_open_handler(settings.dimse_poll_interval)),
         (evt.EVT_REQUESTED, control.handle_requested),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [archive.ingest]),

@@ -194,7 +194,6 @@ class EventDrivenAssociation(Association):
         dul.event_queue = old.event_queue  # holds Evt5, the connection the socket brought
         dul.artim_timer.timeout = old.artim_timer.timeout
         dul._idle_timer.timeout = old._idle_timer.timeout
-        dul._run_loop_delay = old._run_loop_delay
         adopted.dul = dul
         adopted.dimse.msg_queue = SignallingQueue(adopted.wake)
         return adopted

@@ -109,12 +109,6 @@ class Settings(BaseSettings):
         262144, ge=0, description="Largest P-DATA PDU we accept (bytes; 0 = unlimited)."
     )
     tcp_nodelay: bool = Field(True, description="Disable Nagle's algorithm on DICOM connections.")
-    dimse_poll_interval: float = Field(
-        0.0005,
-        gt=0,
-        le=0.1,
-        description="Seconds pynetdicom's per-association reader sleeps when idle; lower answers faster for a little idle CPU.",
-    )
     network_timeout: float = Field(60.0, gt=0, description="Seconds of silence before an association is aborted.")
     max_object_size: int = Field(
         2 * 1024**3, ge=1024, description="Largest object accepted (bytes); larger ones are refused."
