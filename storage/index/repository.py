@@ -245,7 +245,10 @@ class Index:
                 "new_series": 1 if series_row.number_of_instances == 0 else 0,
                 "received_size": received.size,
                 "stored_size": stored.size,
-                "modalities": _add_to_set(study_row.modalities_in_study, attrs.series.get("modality")),
+                # Modality is a series attribute: the series row's (its first instance's) counts.
+                "modalities": _add_to_set(
+                    study_row.modalities_in_study, series_row.modality or attrs.series.get("modality")
+                ),
                 "sop_classes": _add_to_set(study_row.sop_classes_in_study, attrs.sop_class_uid),
                 "now": now,
             },

@@ -110,6 +110,18 @@ def test_study_derived_values_across_series_and_modalities(archive: Archive) -> 
     assert set(stats["by_modality"]) == {"CT", "DX", "SR"}
 
 
+def test_modalities_in_study_follow_the_series_modality(archive: Archive) -> None:
+    """Modality is a series attribute: an instance disagreeing with its series' first instance
+    does not add a modality that no series has (C-FIND matches ModalitiesInStudy on series)."""
+    first, odd = small_ct(2, size=16)
+    odd.Modality = "OT"
+    archive.ingest.store_file(to_part10(first), SOURCE)
+    archive.ingest.store_file(to_part10(odd), SOURCE)
+    (study,) = rows(archive, schema.study)
+    assert study.modalities_in_study == "CT"
+    assert {r.modality for r in rows(archive, schema.series)} == {"CT"}
+
+
 def test_identical_resend_is_a_duplicate(archive: Archive) -> None:
     (data,) = _ct(1)
     archive.ingest.store_file(data, SOURCE)
