@@ -30,6 +30,7 @@ import threading
 import time
 from typing import Any, cast
 
+from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
@@ -69,11 +70,11 @@ class EventDrivenDUL(DULServiceProvider):
     # pynetdicom stops the thread by assigning ``_kill_thread`` (``stop_dul``, ``kill_dul``).
     @property
     def _kill_thread(self) -> bool:
-        return bool(self.__dict__.get("_kill", False))
+        return bool(self.__dict__.get("_kill_requested", False))
 
     @_kill_thread.setter
     def _kill_thread(self, value: bool) -> None:
-        self.__dict__["_kill"] = value
+        self.__dict__["_kill_requested"] = value
         if value:
             self.wake()
 
@@ -226,15 +227,11 @@ class EventDrivenAssociation(Association):
                 log.debug("association released")
                 self.is_released = True
                 self.is_established = False
-                from pynetdicom import evt
-
                 evt.trigger(self, evt.EVT_RELEASED, {})
                 self.kill()
                 return
 
             if self.acse.is_aborted():
-                from pynetdicom import evt
-
                 self.dul.receive_pdu(wait=False)
                 self.is_aborted = True
                 self.is_established = False

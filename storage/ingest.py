@@ -130,14 +130,7 @@ class Ingest:
             # writing it now, beside the parsing; a dataset that turns out not to match the
             # request, or a duplicate, deletes it again.
             write = self._start_write(
-                part10.build_file(
-                    received.dataset,
-                    transfer_syntax_uid=ts,
-                    sop_class_uid=received.expected_sop_class_uid,
-                    sop_instance_uid=received.expected_sop_instance_uid,
-                    source_aet=received.source.aet,
-                ),
-                ts,
+                _as_file(received, received.expected_sop_class_uid, received.expected_sop_instance_uid), ts
             )
         try:
             return self._store(received, received_sha, write)
@@ -164,15 +157,7 @@ class Ingest:
             return self._result(Outcome.DUPLICATE, attrs, existing.stored_transfer_syntax)
 
         file_bytes = (
-            write.data
-            if write is not None
-            else part10.build_file(
-                received.dataset,
-                transfer_syntax_uid=ts,
-                sop_class_uid=attrs.sop_class_uid,
-                sop_instance_uid=attrs.sop_instance_uid,
-                source_aet=received.source.aet,
-            )
+            write.data if write is not None else _as_file(received, attrs.sop_class_uid, attrs.sop_instance_uid)
         )
         if existing is not None and self._same_as_stored(existing, file_bytes):
             # Same attributes and pixels, other bytes: another transfer syntax, or a sender
@@ -393,6 +378,17 @@ class Ingest:
             stored_transfer_syntax=stored_ts,
             warnings=attrs.warnings,
         )
+
+
+def _as_file(received: Received, sop_class_uid: str, sop_instance_uid: str) -> bytes:
+    """The object as it is stored when kept as received: the dataset behind a file meta."""
+    return part10.build_file(
+        received.dataset,
+        transfer_syntax_uid=received.transfer_syntax_uid,
+        sop_class_uid=sop_class_uid,
+        sop_instance_uid=sop_instance_uid,
+        source_aet=received.source.aet,
+    )
 
 
 class _UnexpectedVersion(Exception):

@@ -61,6 +61,7 @@ class Prepared:
         else:
             compiled = statement.compile(dialect=dialect)
         self.sql = compiled.string
+        self._columns: tuple[str, ...] | None = None  # a SELECT's column names, on first use
         # Literal values the statement itself carries (the 1 of "n + 1"), then column defaults.
         fixed = {name: bind.value for name, bind in compiled.binds.items() if not bind.required}
         self._defaults = {**fixed, **defaults}
@@ -116,7 +117,9 @@ class Prepared:
             row = cursor.fetchone()
             if row is None:
                 return None
-            return PlainRow(tuple(d[0] for d in cursor.description), row)
+            if self._columns is None:
+                self._columns = tuple(d[0] for d in cursor.description)
+            return PlainRow(self._columns, row)
         finally:
             cursor.close()
 
