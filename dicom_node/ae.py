@@ -7,6 +7,7 @@ transfer syntax (PS3.5 Annex A and PS3.6 Table A-1), plus Verification.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from typing import Any
 
@@ -20,6 +21,7 @@ from dicom_node.echo import handle_echo
 from dicom_node.reactor import EventDrivenRequestHandler
 from dicom_node.server import DicomServer, shared_contexts
 from dicom_node.store import handle_store
+from dicom_node.tls import TlsDicomServer
 from filmless.bootstrap import Archive
 
 log = logging.getLogger("filmless.dicom")
@@ -78,8 +80,17 @@ def build_ae(archive: Archive) -> tuple[AE, list[PresentationContext], list[tupl
     return ae, contexts, handlers
 
 
-def start(archive: Archive, *, reuse_port: bool = False) -> DicomServer:
-    """Start listening in a background thread; returns the server to ``stop`` later."""
+def start(
+    archive: Archive,
+    *,
+    reuse_port: bool = False,
+    port: int | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> DicomServer:
+    """Start listening in a background thread; returns the server to ``stop`` later.
+
+    ``port``: default ``settings.dicom_port``. ``ssl_context``: serve DICOM over TLS
+    (:mod:`dicom_node.tls`) with the same AE, handlers and access control."""
     settings = archive.settings
     # pynetdicom builds every DIMSE command set as a pydicom Dataset; pydicom re-validates
     # each value it writes (~0.3 ms per C-STORE response). Our values are generated, not
@@ -87,22 +98,28 @@ def start(archive: Archive, *, reuse_port: bool = False) -> DicomServer:
     pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
     ae, contexts, handlers = build_ae(archive)
 
-    class Server(DicomServer):
+    class Server(DicomServer if ssl_context is None else TlsDicomServer):  # type: ignore[misc]
         pass
 
     Server.reuse_port = reuse_port
     Server.tcp_nodelay = settings.tcp_nodelay
     server = ae.make_server(
-        (settings.dicom_host, settings.dicom_port),
+        (settings.dicom_host, settings.dicom_port if port is None else port),
         evt_handlers=handlers,
+        ssl_context=ssl_context,
         server_class=Server,
         contexts=contexts,
         request_handler=EventDrivenRequestHandler,
     )
     assert isinstance(server, DicomServer)
     ae._servers.append(server)  # so that server.shutdown() finds itself, as in start_server
-    threading.Thread(target=server.serve_forever, name="dicom-server", daemon=True).start()
+    name = "dicom-server" if ssl_context is None else "dicom-tls-server"
+    threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
     log.info(
-        "DICOM node %s listening on %s:%d", settings.ae_title, settings.dicom_host, server.server_address[1]
+        "DICOM node %s listening on %s:%d%s",
+        settings.ae_title,
+        settings.dicom_host,
+        server.server_address[1],
+        "" if ssl_context is None else " (DICOM TLS)",
     )
     return server

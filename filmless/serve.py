@@ -12,15 +12,20 @@ import multiprocessing
 import os
 import signal
 import socket
+import ssl
 import threading
 import time
 from multiprocessing.process import BaseProcess
+from typing import TYPE_CHECKING
 
 import uvicorn
 
-from filmless.bootstrap import build_archive, configure_logging
+from filmless.bootstrap import Archive, build_archive, configure_logging
 from filmless.settings import Settings
 from storage.ingest import CompressionMode
+
+if TYPE_CHECKING:
+    from dicom_node.server import DicomServer
 
 log = logging.getLogger("filmless.serve")
 
@@ -66,23 +71,68 @@ def dicom_worker_main(
     settings_json: str, parent_pid: int, number: int, arrivals: ArrivalClock | None = None
 ) -> None:
     """Entry point of an extra DICOM receiver process sharing the port (SO_REUSEPORT)."""
-    from dicom_node import ae as dicom_ae
-
     settings = Settings.model_validate_json(settings_json)
     configure_logging(settings.log_level)
+    tls_context = dicom_tls_context(settings)
     archive = build_archive(settings, on_queued=arrivals.tick if arrivals is not None else None)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    server = dicom_ae.start(archive, reuse_port=True)
+    servers = start_dicom_servers(archive, tls_context, reuse_port=True)
     try:
         while not stop.wait(1.0):
             if os.getppid() != parent_pid:
                 log.warning("parent process is gone; DICOM receiver %d stops", number)
                 break
     finally:
-        server.shutdown()
+        for server in servers:
+            server.shutdown()
         archive.close()
+
+
+def dicom_tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The DICOM TLS port's SSL context (None when the port is off); a file that cannot be
+    used ends start-up with a message, not a traceback."""
+    from dicom_node import tls
+
+    if not settings.dicom_tls_port:
+        return None
+    assert settings.tls_certificate is not None and settings.tls_private_key is not None  # validated
+    try:
+        return tls.server_context(
+            settings.tls_certificate,
+            settings.tls_private_key,
+            settings.tls_ca_certificates,
+            require_client_certificate=settings.tls_require_client_certificate,
+        )
+    except tls.TlsConfigurationError as exc:
+        raise SystemExit(f"filmless: DICOM TLS: {exc}") from None
+
+
+def start_dicom_servers(
+    archive: Archive, tls_context: ssl.SSLContext | None, *, reuse_port: bool
+) -> list[DicomServer]:
+    """The plain DIMSE server and, when configured, the DICOM TLS one (same archive, same AE
+    handlers and access control, another port)."""
+    from dicom_node import ae as dicom_ae
+
+    servers = [dicom_ae.start(archive, reuse_port=reuse_port)]
+    if tls_context is not None:
+        settings = archive.settings
+        try:
+            servers.append(
+                dicom_ae.start(archive, reuse_port=reuse_port, port=settings.dicom_tls_port, ssl_context=tls_context)
+            )
+        except OSError as exc:
+            servers[0].shutdown()
+            raise SystemExit(
+                f"filmless: DICOM TLS: cannot listen on {settings.dicom_host}:{settings.dicom_tls_port}: "
+                f"{exc.strerror or exc}"
+            ) from None
+        except BaseException:
+            servers[0].shutdown()
+            raise
+    return servers
 
 
 def _spawn(target: object, settings: Settings, number: int, name: str, arrivals: ArrivalClock) -> BaseProcess:
@@ -125,17 +175,17 @@ def stop_workers(workers: list[BaseProcess], timeout: float = 10.0) -> None:
 
 
 def serve(settings: Settings) -> int:
-    from dicom_node import ae as dicom_ae
     from viewer_api.app import create_app
 
     configure_logging(settings.log_level)
+    tls_context = dicom_tls_context(settings)
     arrivals = ArrivalClock()
     archive = build_archive(settings, on_queued=arrivals.tick)
     if settings.accept_unknown_aes:
         log.warning("unknown calling AE titles are accepted (development default); set accept_unknown_aes=false in production")
     log.info("index %s, objects %s", settings.index_url.split("@")[-1], settings.storage_url)
     shared_port = settings.dicom_processes > 1
-    dicom_server = dicom_ae.start(archive, reuse_port=shared_port)
+    dicom_servers = start_dicom_servers(archive, tls_context, reuse_port=shared_port)
     if shared_port and settings.dicom_port == 0:
         raise SystemExit("dicom_processes > 1 needs a fixed --dicom-port")
     sweep = getattr(archive.store, "sweep_temporaries", None)
@@ -157,7 +207,8 @@ def serve(settings: Settings) -> int:
         uvicorn.Server(config).run()
     finally:
         log.info("shutting down")
-        dicom_server.shutdown()
+        for server in dicom_servers:
+            server.shutdown()
         stop_workers(workers)
         archive.close()
     return 0

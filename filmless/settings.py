@@ -87,6 +87,27 @@ class Settings(BaseSettings):
     ae_title: str = Field("FILMLESS", min_length=1, max_length=16, description="Our DICOM AE title.")
     dicom_host: str = Field("0.0.0.0", description="Address the DICOM port listens on.")
     dicom_port: int = Field(11112, ge=0, le=65535, description="DICOM (DIMSE) port.")
+    dicom_tls_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="DICOM TLS port (PS3.15 Annex B; 2762 is the usual one), on dicom_host next "
+        "to the plain DIMSE port; 0: off. Needs tls_certificate and tls_private_key.",
+    )
+    tls_certificate: Path | None = Field(
+        None, description="PEM file of the DICOM TLS server certificate (optionally followed by its chain)."
+    )
+    tls_private_key: Path | None = Field(
+        None, description="PEM file of the unencrypted private key of tls_certificate."
+    )
+    tls_ca_certificates: Path | None = Field(
+        None, description="PEM file of the CAs whose client certificates the DICOM TLS port trusts."
+    )
+    tls_require_client_certificate: bool = Field(
+        True,
+        description="DICOM TLS clients must present a certificate signed by tls_ca_certificates "
+        "(mutual authentication); off: server authentication only.",
+    )
     http_host: str = Field("0.0.0.0", description="Address the HTTP API listens on.")
     http_port: int = Field(8080, ge=0, le=65535, description="HTTP API port.")
     accept_unknown_aes: bool = Field(
@@ -122,6 +143,20 @@ class Settings(BaseSettings):
             raise ValueError(
                 "accept_unknown_aes must be false in production: register modalities with `filmless ae add`"
             )
+        if self.dicom_tls_port:
+            if self.tls_certificate is None or self.tls_private_key is None:
+                raise ValueError(
+                    "dicom_tls_port needs tls_certificate and tls_private_key (PEM files of the "
+                    "server certificate and its private key)"
+                )
+            if self.tls_require_client_certificate and self.tls_ca_certificates is None:
+                raise ValueError(
+                    "tls_require_client_certificate needs tls_ca_certificates (PEM file of the CAs "
+                    "that sign the client certificates), or --no-tls-require-client-certificate "
+                    "for server authentication only"
+                )
+            if self.dicom_tls_port == self.dicom_port:
+                raise ValueError("dicom_tls_port must differ from dicom_port")
         return self
 
     @property

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v /usr/bin/storescu >/dev/null 2>&1 || need_apt+=(dcmtk)
 command -v /usr/sbin/Orthanc >/dev/null 2>&1 || need_apt+=(orthanc)
+command -v /usr/bin/openssl >/dev/null 2>&1 || need_apt+=(openssl)  # test certificates (DICOM TLS)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
