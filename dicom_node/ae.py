@@ -1,7 +1,9 @@
 """The DICOM node: one Application Entity, every DIMSE binding in one list.
 
 Presentation contexts: every storage SOP class pynetdicom knows, each with every standard
-transfer syntax (PS3.5 Annex A and PS3.6 Table A-1), plus Verification.
+transfer syntax (PS3.5 Annex A and PS3.6 Table A-1) and SCP/SCU role selection allowed (for
+C-GET), Verification, and the Patient Root and Study Root Query/Retrieve FIND, MOVE and GET
+models.
 """
 
 from __future__ import annotations
@@ -15,14 +17,23 @@ from pydicom import config as pydicom_config
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from dicom_node import access
 from dicom_node.echo import handle_echo
+from dicom_node.find import MODELS, FindService, handle_sop_extended
 from dicom_node.reactor import EventDrivenRequestHandler
 from dicom_node.server import DicomServer, shared_contexts
+from dicom_node.retrieve import RETRIEVE_SOP_CLASSES, RetrieveService
 from dicom_node.store import handle_store
 from dicom_node.tls import TlsDicomServer
 from filmless.bootstrap import Archive
+from storage.retrieve import Retriever
 
 log = logging.getLogger("filmless.dicom")
 
@@ -62,20 +73,36 @@ def build_ae(archive: Archive) -> tuple[AE, list[PresentationContext], list[tupl
     ae.dimse_timeout = settings.network_timeout
     ae.require_called_aet = True
     syntaxes = accepted_transfer_syntaxes()
-    contexts = shared_contexts(
-        [(cx.abstract_syntax, syntaxes) for cx in AllStoragePresentationContexts]
-        + [(Verification, syntaxes)]
+    storage = shared_contexts([(str(cx.abstract_syntax), syntaxes) for cx in AllStoragePresentationContexts])
+    for cx in storage:
+        # A C-GET requestor proposes the storage contexts with itself as SCP (PS3.7 D.3.3.4).
+        cx.scu_role = True
+        cx.scp_role = True
+    # Identifiers are small: the uncompressed syntaxes are enough (deflate too, PS3.5 A.5).
+    query_syntaxes = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian]
+    query_retrieve = shared_contexts(
+        [(uid, query_syntaxes) for uid in (*MODELS, *RETRIEVE_SOP_CLASSES)]
     )
+    contexts = storage + shared_contexts([(Verification, syntaxes)]) + query_retrieve
 
     control = access.AccessControl(
         archive.index,
         accept_unknown=settings.accept_unknown_aes,
         check_host=settings.check_ae_host,
+        unknown_services=settings.unknown_services(),
+        called_ae_title=settings.ae_title,
+    )
+    find = FindService(archive.index, ae_title=settings.ae_title, max_matches=settings.max_find_matches)
+    # C-MOVE / C-GET are served by the event-driven associations (dicom_node.reactor).
+    ae.filmless_retrieve = RetrieveService(  # type: ignore[attr-defined]
+        archive.index, Retriever(archive.index, archive.store), ae, ae_title=settings.ae_title
     )
     handlers: list[tuple[Any, ...]] = [
         (evt.EVT_REQUESTED, control.handle_requested),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [archive.ingest]),
+        (evt.EVT_C_FIND, find.handle),
+        (evt.EVT_SOP_EXTENDED, handle_sop_extended),
     ]
     return ae, contexts, handlers
 

@@ -32,6 +32,7 @@ from typing import Any, cast
 
 from pynetdicom import evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_GET, C_MOVE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import RequestHandler
@@ -205,6 +206,29 @@ class EventDrivenAssociation(Association):
     def kill(self) -> None:
         self._wake_event.set()
         super().kill()
+
+    def _serve_request(self, msg: Any, context_id: int) -> None:
+        """C-MOVE and C-GET go to the archive's retrieve service (:mod:`dicom_node.retrieve`)
+        when the AE has one; everything else to pynetdicom's service classes."""
+        service = getattr(self.ae, "filmless_retrieve", None)
+        if service is None or not isinstance(msg, (C_MOVE, C_GET)) or self._sent_release or not msg.is_valid_request:
+            super()._serve_request(msg, context_id)
+            return
+        context = self._accepted_cx.get(context_id)
+        if context is None:
+            log.info("DIMSE message on an unaccepted presentation context %s; aborting", context_id)
+            self.abort()
+            return
+        self.dimse.cancel_req = {}
+        self._is_paused = True  # as pynetdicom does: the service sends on this association
+        try:
+            service.serve(self, msg, context)
+        except Exception:  # noqa: BLE001 - as pynetdicom: a failing service aborts
+            log.exception("retrieve service failed")
+            self.abort()
+        finally:
+            self._is_paused = False
+            self.dimse.cancel_req = {}
 
     def _run_reactor(self) -> None:
         # The same checks, in the same order, as Association._run_reactor.

@@ -31,6 +31,25 @@ class Status(enum.IntEnum):
     NOT_AUTHORIZED = 0x0124
 
 
+class QRStatus(enum.IntEnum):
+    """Query/Retrieve statuses (PS3.4 C.4.1.1.4 C-FIND, C.4.2.1.5 C-MOVE, C.4.3.1.4 C-GET;
+    PS3.7 C.5 for the general ones)."""
+
+    SUCCESS = 0x0000
+    PENDING = 0xFF00
+    PENDING_WARNING = 0xFF01  # C-FIND: an optional key was not supported for matching
+    CANCEL = 0xFE00
+    SUBOPERATIONS_WARNING = 0xB000  # sub-operations complete, one or more failures or warnings
+    OUT_OF_RESOURCES = 0xA700
+    UNABLE_TO_CALCULATE_MATCHES = 0xA701
+    UNABLE_TO_PERFORM_SUBOPERATIONS = 0xA702
+    MOVE_DESTINATION_UNKNOWN = 0xA801
+    IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+    UNABLE_TO_PROCESS = 0xC000
+    SOP_CLASS_NOT_SUPPORTED = 0x0122
+    NOT_AUTHORIZED = 0x0124
+
+
 # The translation table: the first matching class wins, so subclasses come first.
 _TABLE: tuple[tuple[type[ArchiveError], Status], ...] = (
     (ObjectTooLarge, Status.OUT_OF_RESOURCES),

@@ -9,6 +9,7 @@ from pydicom.dataset import Dataset
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
+from dicom_node.access import NotAuthorized, require
 from dicom_node.status import Status, error_comment, status_for
 from storage.errors import ArchiveError, RejectedInstance, SOPClassMismatch
 from storage.index import Source
@@ -23,6 +24,10 @@ def handle_store(event: Event, ingest: Ingest) -> Dataset | int:
     calling = assoc.requestor.ae_title.strip()
     host = assoc.requestor.address
     request = cast(C_STORE, event.request)
+    try:
+        require(assoc, "store")
+    except NotAuthorized as exc:
+        return _failure(Status.NOT_AUTHORIZED, exc)
     try:
         data = request.DataSet.getvalue() if request.DataSet is not None else b""
         negotiated = str(event.context.abstract_syntax)

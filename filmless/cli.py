@@ -117,6 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("host", metavar="HOST")
     p.add_argument("port", metavar="PORT", type=int)
     p.add_argument("--description", default="", help="Free text, e.g. the room and the console")
+    p.add_argument(
+        "--services",
+        default="echo,store,find,move,get",
+        help="What the AE may ask of filmless, comma-separated: echo, store, find, move, get "
+        "(default: all). A modality that only sends: echo,store",
+    )
+    p.add_argument(
+        "--ascii-only",
+        action="store_true",
+        help="C-FIND answers in plain ASCII without diacritics (for consoles that cannot show UTF-8)",
+    )
     _add_settings(p, _COMMON)
     p = ae_sub.add_parser("list", help="List registered AEs")
     p.add_argument("--json", action="store_true", help="Print JSON")

@@ -16,6 +16,7 @@ from filmless.settings import Settings
 from storage import importer
 from storage.errors import ArchiveError
 from storage.index import ApplicationEntity
+from storage.index.repository import SERVICES
 from storage.ingest import CompressionMode
 from storage.verify import verify as verify_archive
 
@@ -179,18 +180,32 @@ def ae(settings: Settings, args: argparse.Namespace) -> int:
             if not 0 < args.port < 65536:
                 err.print("[red]port must be between 1 and 65535[/red]")
                 return 2
-            archive.index.add_ae(ApplicationEntity(title, args.host, args.port, args.description))
-            out.print(f"registered {title} at {args.host}:{args.port}", highlight=False)
+            services = {s.strip().lower() for s in args.services.split(",") if s.strip()}
+            unknown = services - set(SERVICES)
+            if unknown:
+                err.print(f"[red]unknown service(s) {', '.join(sorted(unknown))}; use {', '.join(SERVICES)}[/red]")
+                return 2
+            flags = {f"may_{name}": name in services for name in SERVICES}
+            archive.index.add_ae(
+                ApplicationEntity(
+                    title, args.host, args.port, args.description, ascii_only=args.ascii_only, **flags
+                )
+            )
+            out.print(
+                f"registered {title} at {args.host}:{args.port} ({', '.join(s for s in SERVICES if s in services) or 'no services'})",
+                highlight=False,
+            )
         elif args.ae_command == "list":
             aes = archive.index.list_aes()
             if args.json:
                 print(json.dumps([a.__dict__ for a in aes]))
             else:
                 table = Table(title="AE registry")
-                for col in ("AE title", "host", "port", "description"):
+                for col in ("AE title", "host", "port", "services", "description"):
                     table.add_column(col)
                 for a in aes:
-                    table.add_row(a.ae_title, a.host, str(a.port), a.description)
+                    granted = ",".join(a.services) + (" (ASCII)" if a.ascii_only else "")
+                    table.add_row(a.ae_title, a.host, str(a.port), granted, a.description)
                 out.print(table)
         elif args.ae_command == "remove":
             if not archive.index.remove_ae(args.ae_title.strip()):

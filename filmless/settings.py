@@ -22,6 +22,7 @@ from pydantic_settings import (
 )
 
 from storage.codecs import CompressionPolicy, StorageCodec
+from storage.index.repository import SERVICES
 from storage.ingest import CompressionMode
 
 
@@ -118,6 +119,17 @@ class Settings(BaseSettings):
     check_ae_host: bool = Field(
         True, description="For registered AEs, also require the connection to come from the registered host."
     )
+    unknown_ae_services: str = Field(
+        "echo,store,find,move,get",
+        description="What AEs outside the registry may do when accept_unknown_aes allows them "
+        "(comma-separated: echo, store, find, move, get; empty: nothing but associate).",
+    )
+    max_find_matches: int = Field(
+        5000,
+        ge=0,
+        description="Most C-FIND matches returned for one query; beyond it the query ends with "
+        "'Out of resources' (A700) after the first matches, asking the user to narrow it. 0: no limit.",
+    )
     dicom_processes: int = Field(
         1,
         ge=1,
@@ -137,11 +149,21 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     compression: CompressionSettings = Field(default_factory=CompressionSettings)  # type: ignore[arg-type]
 
+    def unknown_services(self) -> frozenset[str]:
+        """The services of ``unknown_ae_services`` as a set."""
+        return frozenset(s.strip() for s in self.unknown_ae_services.split(",") if s.strip())
+
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:
         if self.environment == "production" and self.accept_unknown_aes:
             raise ValueError(
                 "accept_unknown_aes must be false in production: register modalities with `filmless ae add`"
+            )
+        unknown = {s.strip() for s in self.unknown_ae_services.split(",") if s.strip()}
+        if unknown - set(SERVICES):
+            raise ValueError(
+                f"unknown_ae_services: unknown service(s) {', '.join(sorted(unknown - set(SERVICES)))}; "
+                "use echo, store, find, move, get"
             )
         if self.dicom_tls_port:
             if self.tls_certificate is None or self.tls_private_key is None:

@@ -95,6 +95,11 @@ def encapsulated_pixel_data(frames: list[bytes]) -> bytes:
     return b"".join(parts)
 
 
+def native_pixel_data(vr: bytes, value: bytes) -> bytes:
+    """A native Pixel Data element (explicit VR little endian; ``vr`` is OB or OW)."""
+    return struct.pack("<HH", *PIXEL_DATA) + vr + b"\x00\x00" + struct.pack("<I", len(value)) + value
+
+
 def replace_pixel_data(dataset: bytes, span: Span, element: bytes) -> bytes:
     """Put ``element`` in place of the Pixel Data at ``span``; a retired (7FE0,0000) group
     length, which described the old element, is dropped."""

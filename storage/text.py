@@ -45,3 +45,12 @@ def fold(value: str) -> str:
     decomposed = unicodedata.normalize("NFD", value).translate(_EXPLICIT_FOLDS)
     stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
     return unicodedata.normalize("NFC", stripped).casefold()
+
+
+def transliterate(value: str) -> str:
+    """Plain ASCII without diacritics, case kept: "Nguyễn^Văn Đức" -> "Nguyen^Van Duc", for
+    old consoles that show only the default character repertoire. Characters with no ASCII
+    form (CJK, Cyrillic) become "?"."""
+    decomposed = unicodedata.normalize("NFD", value).translate(_EXPLICIT_FOLDS)
+    stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    return stripped.encode("ascii", "replace").decode("ascii")

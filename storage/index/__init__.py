@@ -6,8 +6,9 @@ from storage.index.repository import (
     CompressionJob,
     Index,
     NewInstance,
+    RetrievableInstance,
     Source,
     StoredObject,
 )
 
-__all__ = ["ApplicationEntity", "CompressionJob", "Index", "NewInstance", "Source", "StoredObject", "create_index_engine"]
+__all__ = ["ApplicationEntity", "CompressionJob", "Index", "NewInstance", "RetrievableInstance", "Source", "StoredObject", "create_index_engine"]

@@ -23,6 +23,7 @@ from storage.errors import IndexUnavailable, InstanceAlreadyExists
 from storage.index.engine import WRITE_OPTION, write_lock_for
 from storage.index.prepared import prepared
 from storage.index.schema import (
+    ADDED_COLUMNS,
     SCHEMA_VERSION,
     application_entity,
     audit_event,
@@ -158,12 +159,48 @@ class CompressionJob:
     stale_target_key: str | None
 
 
+SERVICES = ("echo", "store", "find", "move", "get")
+"""The DIMSE services the AE registry grants per AE (``may_<service>`` columns)."""
+
+
 @dataclass(frozen=True)
 class ApplicationEntity:
     ae_title: str
     host: str
     port: int
-    description: str
+    description: str = ""
+    may_echo: bool = True
+    may_store: bool = True
+    may_find: bool = True
+    may_move: bool = True
+    may_get: bool = True
+    ascii_only: bool = False
+
+    def may(self, service: str) -> bool:
+        return bool(getattr(self, f"may_{service}"))
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        return tuple(s for s in SERVICES if self.may(s))
+
+    @classmethod
+    def from_row(cls, row: Any) -> ApplicationEntity:
+        m = row._mapping
+        return cls(**{name: m[name] for name in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class RetrievableInstance:
+    """One instance a C-MOVE / C-GET / WADO request resolved to."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    object_key: str
+    object_sha256: str
+    stored_transfer_syntax: str
+    stored_size: int
 
 
 class Index:
@@ -204,6 +241,27 @@ class Index:
             current = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
             if current is None:
                 conn.execute(insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
+            elif int(current) < SCHEMA_VERSION:
+                self._upgrade(conn, int(current))
+            elif int(current) > SCHEMA_VERSION:
+                raise IndexUnavailable(
+                    f"the index has schema version {current}, newer than this filmless ({SCHEMA_VERSION})"
+                )
+
+    @staticmethod
+    def _upgrade(conn: Connection, current: int) -> None:
+        """Add the columns of later schema versions to an existing index (in place)."""
+        tables = metadata.tables
+        for version, table_name, column_name in ADDED_COLUMNS:
+            if version <= current:
+                continue
+            column = tables[table_name].c[column_name]
+            ddl = column.type.compile(dialect=conn.dialect)
+            default = column.server_default.arg if column.server_default is not None else None  # type: ignore[attr-defined]
+            default_sql = f" DEFAULT {default.compile(dialect=conn.dialect)}" if default is not None else ""
+            null_sql = " NOT NULL" if not column.nullable and default is not None else ""
+            conn.exec_driver_sql(f"ALTER TABLE {table_name} ADD COLUMN {column_name} {ddl}{default_sql}{null_sql}")
+        conn.execute(update(meta).where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -656,11 +714,7 @@ class Index:
     def add_ae(self, ae: ApplicationEntity) -> None:
         with self.write() as conn:
             conn.execute(delete(application_entity).where(application_entity.c.ae_title == ae.ae_title))
-            conn.execute(
-                insert(application_entity).values(
-                    ae_title=ae.ae_title, host=ae.host, port=ae.port, description=ae.description, created_at=utcnow()
-                )
-            )
+            conn.execute(insert(application_entity).values(**ae.__dict__, created_at=utcnow()))
 
     def remove_ae(self, ae_title: str) -> bool:
         with self.write() as conn:
@@ -670,12 +724,53 @@ class Index:
     def list_aes(self) -> list[ApplicationEntity]:
         with self.read() as conn:
             rows = conn.execute(select(application_entity).order_by(application_entity.c.ae_title))
-            return [ApplicationEntity(r.ae_title, r.host, r.port, r.description) for r in rows]
+            return [ApplicationEntity.from_row(r) for r in rows]
 
     def get_ae(self, ae_title: str) -> ApplicationEntity | None:
         with self.read() as conn:
             r = conn.execute(select(application_entity).where(application_entity.c.ae_title == ae_title)).first()
-            return ApplicationEntity(r.ae_title, r.host, r.port, r.description) if r else None
+            return ApplicationEntity.from_row(r) if r else None
+
+    # --- retrieve ---------------------------------------------------------------------------
+    def retrievable(
+        self,
+        *,
+        patient_id: str | None = None,
+        study_uids: Sequence[str] = (),
+        series_uids: Sequence[str] = (),
+        sop_instance_uids: Sequence[str] = (),
+        limit: int | None = None,
+    ) -> list[RetrievableInstance]:
+        """The current instances under the given entities (each non-empty argument narrows
+        the result), ordered by study, series, instance number."""
+        if not (patient_id or study_uids or series_uids or sop_instance_uids):
+            raise ValueError("a retrieve needs at least one key")
+        stmt = (
+            select(
+                study.c.study_instance_uid,
+                series.c.series_instance_uid,
+                instance.c.sop_instance_uid,
+                instance.c.sop_class_uid,
+                instance.c.object_key,
+                instance.c.object_sha256,
+                instance.c.stored_transfer_syntax,
+                instance.c.stored_size,
+            )
+            .select_from(instance.join(series).join(study).join(patient))
+            .order_by(study.c.pk, series.c.series_number, series.c.pk, instance.c.instance_number, instance.c.pk)
+        )
+        if patient_id is not None:
+            stmt = stmt.where(patient.c.patient_id == patient_id)
+        if study_uids:
+            stmt = stmt.where(study.c.study_instance_uid.in_(list(study_uids)))
+        if series_uids:
+            stmt = stmt.where(series.c.series_instance_uid.in_(list(series_uids)))
+        if sop_instance_uids:
+            stmt = stmt.where(instance.c.sop_instance_uid.in_(list(sop_instance_uids)))
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with self.read() as conn:
+            return [RetrievableInstance(*row) for row in conn.execute(stmt)]
 
     # --- the audit log ---------------------------------------------------------------------
     @staticmethod

@@ -22,9 +22,11 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
+    true,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = MetaData()
 
@@ -212,6 +214,22 @@ application_entity = Table(
     Column("port", Integer, nullable=False),
     Column("description", String(400), nullable=False, default=""),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # What the AE may ask of us (schema version 2). Storage commitment, worklist and MPPS
+    # follow the same pattern when they arrive.
+    Column("may_echo", Boolean, nullable=False, default=True, server_default=true()),
+    Column("may_store", Boolean, nullable=False, default=True, server_default=true()),
+    Column("may_find", Boolean, nullable=False, default=True, server_default=true()),
+    Column("may_move", Boolean, nullable=False, default=True, server_default=true()),
+    Column("may_get", Boolean, nullable=False, default=True, server_default=true()),
+    # C-FIND responses in plain ASCII without diacritics, for consoles that cannot show UTF-8.
+    Column("ascii_only", Boolean, nullable=False, default=False, server_default=false()),
+)
+
+# Columns added after version 1, for upgrading an existing index in place (until the
+# alembic migrations of the production-storage work replace this list).
+ADDED_COLUMNS: tuple[tuple[int, str, str], ...] = tuple(
+    (2, "application_entity", name)
+    for name in ("may_echo", "may_store", "may_find", "may_move", "may_get", "ascii_only")
 )
 
 # Append-only from the application (who, from where, what, result, when).
