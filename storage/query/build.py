@@ -109,9 +109,9 @@ class Condition:
 
 @dataclass(frozen=True)
 class ReturnKey:
-    """An attribute of the response identifiers (``key`` is None when the index does not
-    know it: it is returned empty). ``item_keywords`` name the item keys a sequence returns
-    (empty: every key the index holds)."""
+    """An attribute asked for in the identifier (``key`` is None outside the model). Keys the
+    index does not hold (no ``key``, or no column) are not returned (PS3.4 C.2.2.1.3).
+    ``item_keywords`` name the item keys a sequence returns (empty: every key the index holds)."""
 
     tag: int
     keyword: str

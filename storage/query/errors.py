@@ -80,5 +80,5 @@ class UnsupportedMatching(QueryError):
 
 class UnsupportedKey(QueryError):
     """A matching key the index cannot answer, raised only with ``MatchOptions.strict``;
-    otherwise such a key is ignored for matching and returned empty (PS3.4 C.2.2.1, Optional
-    Keys)."""
+    otherwise such a key is ignored for matching, and returned only if the index holds it
+    (PS3.4 C.2.2.1.3, Optional Keys)."""

@@ -4,7 +4,7 @@ An :class:`InformationModel` lists its levels from the top; each :class:`LevelSp
 unique key and its other keys. A :class:`KeySpec` says which index expression holds the key
 (``column``), and for person names the accent-folded search key (``folded``). Keys the
 standard defines but the index does not hold have no column: they are known (so the
-hierarchy rules apply to them) and are returned empty, but cannot be matched.
+hierarchy rules apply to them) but are neither matched nor returned (PS3.4 C.2.2.1.3).
 """
 
 from __future__ import annotations
@@ -295,7 +295,7 @@ INSTANCE_AVAILABILITY = 0x00080056
 COMMON_KEYS = frozenset({RETRIEVE_AE_TITLE, INSTANCE_AVAILABILITY, 0x00080201, 0x00080053, 0x00081190})
 """Keys of every level that are answered from configuration, not matched: Retrieve AE Title,
 Instance Availability (always ONLINE), and the unsupported Timezone Offset From UTC, Query/
-Retrieve View and Retrieve URL (returned empty)."""
+Retrieve View and Retrieve URL (not returned)."""
 
 DATE_TIME_PAIRS: tuple[tuple[str, str], ...] = (
     ("StudyDate", "StudyTime"),

@@ -5,8 +5,10 @@ Query/Retrieve Level, and Specific Character Set ``ISO_IR 192``: the index holds
 so every response is UTF-8, whatever the character set of the request or of the stored
 objects (PS3.4 C.4.1.1.3.2 lets the response use a character set of its own).
 
-Keys the index does not hold are returned zero length (PS3.4 C.2.2.1, Optional Keys: an SCP
-returns an optional key it does not support empty, or not at all).
+Keys the index does not hold are left out: PS3.4 C.2.2.1.3 (Optional Keys) says an optional
+key whose existence the SCP does not support shall not be returned. Returning it zero length
+would tell the SCU that the value is unknown, when the archive simply does not keep it. Keys
+the index holds are always returned, zero length when the entity has no value.
 """
 
 from __future__ import annotations
@@ -110,10 +112,10 @@ def response_identifier(query: Query, row: Mapping[str, Any]) -> Dataset:
             ds.add(_element(rk.tag, rk.vr, query.options.retrieve_ae_title))
         elif rk.tag == INSTANCE_AVAILABILITY:
             ds.add(_element(rk.tag, rk.vr, "ONLINE"))
+        elif rk.key is None or rk.key.column is None:
+            continue  # the index does not hold it: not returned (PS3.4 C.2.2.1.3)
         elif rk.vr == "SQ":
             ds.add(_element(rk.tag, "SQ", _sequence(rk, row.get(rk.keyword))))
-        elif rk.key is None or rk.key.column is None:
-            ds.add(_element(rk.tag, rk.vr, None))
         else:
             ds.add(_element(rk.tag, rk.vr, _value(row.get(rk.keyword), rk.vr, rk.key.multi_valued)))
     return ds

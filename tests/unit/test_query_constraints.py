@@ -818,16 +818,31 @@ def test_response_identifier_and_record() -> None:
     assert list(response.ModalitiesInStudy) == ["CT", "SR"]
     assert response.NumberOfStudyRelatedSeries == 2
     assert response.RetrieveAETitle == "FILMLESS" and response.InstanceAvailability == "ONLINE"
-    assert response.PatientWeight is None or response.PatientWeight == ""
-    assert len(response.ReferencedStudySequence) == 0
+    # Standard keys the index does not hold are left out (PS3.4 C.2.2.1.3).
+    assert "PatientWeight" not in response and "ReferencedStudySequence" not in response
     [item] = response.OtherPatientIDsSequence
     assert item.PatientID == "001058012345" and "IssuerOfPatientID" not in item
     assert set(response.keys()) == {Tag(t) for t in (
         0x00080005, 0x00080052, 0x00100010, 0x00080020, 0x00080061, 0x00201206, 0x00101002,
-        0x00101030, 0x00080054, 0x00080056, 0x00081110, 0x0020000D,
+        0x00080054, 0x00080056, 0x0020000D,
     )}
     record = record_from_row(query, row)
     assert record["OtherPatientIDsSequence"] == [
         {"PatientID": "001058012345", "IssuerOfPatientID": "VN-CCCD", "TypeOfPatientID": "TEXT"}
     ]
     assert re.fullmatch(r"\d+", str(record["NumberOfStudyRelatedSeries"]))
+
+
+def test_keys_the_index_does_not_hold_are_not_returned() -> None:
+    """PS3.4 C.2.2.1.3: an optional key whose existence the SCP does not support shall not be
+    returned; a key the index holds comes back zero length when the entity has no value.
+    (Found comparing with Orthanc: PatientAge came back empty, as if the age were unknown.)"""
+    ds = _identifier(
+        "STUDY", StudyInstanceUID="", StudyDescription="", PatientAge="", EthnicGroup="",
+        ContentLabel="", TimezoneOffsetFromUTC="", IssuerOfAccessionNumberSequence=[],
+    )
+    query = build_query(ds, STUDY_ROOT)
+    response = response_identifier(query, {"StudyInstanceUID": "1.2.3", "StudyDescription": None})
+    assert "StudyDescription" in response and response.StudyDescription in (None, "")
+    for keyword in ("PatientAge", "EthnicGroup", "ContentLabel", "TimezoneOffsetFromUTC", "IssuerOfAccessionNumberSequence"):
+        assert keyword not in response, keyword
