@@ -464,15 +464,34 @@ class FindClient:
         if not accepted:
             self.assoc.abort()
             raise BenchError(f"{called_aet} did not accept Study Root Query/Retrieve - FIND")
-        # pynetdicom's default idle poll (1 ms): lowering it made pynetdicom 3.0.4 lose pending
-        # responses now and then in this client, so it stays as it is, for both targets.
+        # pynetdicom's default DUL idle poll (1 ms), for both targets.
         self.dul_delay = float(self.assoc.dul._run_loop_delay)
+
+    def _pause_reactor(self, timeout: float = 10.0) -> None:
+        """Make sure the association's reactor thread is blocked before the next request.
+
+        pynetdicom 3.0.4's requestor race: the last response of a C-FIND releases the reactor
+        (``_reactor_checkpoint.set()``); ``send_c_find`` then clears the checkpoint and waits
+        for ``_is_paused``, but that flag is still True from before the wake-up, so the request
+        goes out while the reactor runs one more loop, in which it takes the first response of
+        the new query off the DIMSE queue as if it were a request (and drops it). Here that
+        lost a pending response in about 1 of 500 queries to Orthanc. Waiting, untimed, until
+        the reactor really waits on the checkpoint again closes the window.
+        """
+        checkpoint = self.assoc._reactor_checkpoint
+        checkpoint.clear()
+        deadline = time.monotonic() + timeout
+        while not checkpoint._cond._waiters:  # type: ignore[attr-defined]
+            if not self.assoc.is_established or time.monotonic() > deadline:
+                raise BenchError("the association's reactor did not pause (association lost?)")
+            time.sleep(0.0001)
 
     def find(self, ds: Any, *, keep: bool = False) -> Answer:
         """Send one C-FIND and read every response; time until the final one has arrived."""
         studies: dict[str, dict[str, Any]] | None = {} if keep else None
         matches = 0
         final: int | None = None
+        self._pause_reactor()
         t0 = time.perf_counter()
         for status, ident in self.assoc.send_c_find(ds, self.model):
             if not status or "Status" not in status:
