@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a Debian machine: the DICOM peers (DCMTK, Orthanc)
-# from Debian's packages and the Python test dependencies into .venv.
+# from Debian's packages, the Python test dependencies into .venv, and the S3 servers (MinIO,
+# SeaweedFS) into a cache under ~/.cache/filmless.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,3 +23,6 @@ fi
 
 bash scripts/install.sh
 .venv/bin/pip install -q -e ".[test]"
+# S3-compatible servers for the object-store tests (MinIO built from source, SeaweedFS),
+# cached under ~/.cache/filmless: built once per machine.
+bash scripts/install-object-stores.sh
