@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from filmless.settings import Settings
+from filmless.settings import Settings, load_settings
 from storage.compression import Compressor
 from storage.index import Index, create_index_engine
 from storage.ingest import Ingest
 from storage.objects import LocalObjectStore, ObjectStore
+from storage.objects.encrypted import EncryptedObjectStore, parse_keys as parse_encryption_keys
 
 
 @dataclass
@@ -32,18 +33,51 @@ class Archive:
         self.index.dispose()
 
 
-def open_object_store(url: str) -> ObjectStore:
+def open_object_store(url: str, settings: Settings | None = None) -> ObjectStore:
+    """The object store of a storage URL: ``file:///path`` or ``s3://bucket/prefix`` (reached
+    with the ``s3_*`` settings), wrapped in client-side encryption when keys are configured."""
+    settings = settings if settings is not None else load_settings()
     parsed = urlparse(url)
+    store: ObjectStore
     if parsed.scheme == "file":
-        return LocalObjectStore(Path(parsed.path))
-    raise ValueError(f"unsupported storage URL scheme {parsed.scheme!r} (file:// is supported)")
+        store = LocalObjectStore(Path(parsed.path))
+    elif parsed.scheme == "s3":
+        store = _s3_store(url, settings)
+    else:
+        raise ValueError(f"unsupported storage URL scheme {parsed.scheme!r} (file:// and s3:// are supported)")
+    if settings.storage_encryption_keys is not None:
+        active, keys = parse_encryption_keys(settings.storage_encryption_keys.get_secret_value())
+        store = EncryptedObjectStore(store, keys, active)
+    return store
+
+
+def _s3_store(url: str, settings: Settings) -> ObjectStore:
+    from storage.objects.s3 import S3Config, S3ObjectStore, parse_s3_url
+
+    bucket, prefix = parse_s3_url(url)
+    secret = settings.s3_secret_key.get_secret_value() if settings.s3_secret_key is not None else None
+    return S3ObjectStore(
+        S3Config(
+            endpoint=settings.s3_endpoint,
+            bucket=bucket,
+            prefix=prefix,
+            access_key=settings.s3_access_key,
+            secret_key=secret,
+            region=settings.s3_region,
+            secure=settings.s3_secure,
+            path_style=settings.s3_path_style,
+            sse=settings.s3_sse,
+            sse_kms_key_id=settings.s3_sse_kms_key_id,
+            part_size=settings.s3_part_size,
+        )
+    )
 
 
 def build_archive(settings: Settings, *, on_queued: Callable[[], None] | None = None) -> Archive:
     settings.data.mkdir(parents=True, exist_ok=True)
     index = Index(create_index_engine(settings.index_url))
     index.create()
-    store = open_object_store(settings.storage_url)
+    store = open_object_store(settings.storage_url, settings)
     ingest = Ingest(
         index,
         store,

@@ -13,7 +13,13 @@ from filmless import __version__
 from filmless.settings import Settings, load_settings
 
 # Options every subcommand takes (the archive's location).
-_COMMON = ("data", "index", "storage", "log_level")
+_COMMON = (
+    "data", "index", "storage", "log_level",
+    "s3_endpoint", "s3_access_key", "s3_region", "s3_secure", "s3_path_style",
+    "s3_sse", "s3_sse_kms_key_id", "s3_part_size",
+)
+# Secrets: environment or settings file only, since a command line is visible to every user (ps).
+_NOT_ON_COMMAND_LINE = ("s3_secret_key", "storage_encryption_keys")
 
 
 def _option(name: str) -> str:
@@ -49,7 +55,7 @@ def _add_setting(parser: argparse.ArgumentParser, name: str, field: Any, env: st
 def _add_settings(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
     """Add one option per setting (all of them, or ``names``), nested sections flattened."""
     for name, field in Settings.model_fields.items():
-        if names is not None and name not in names:
+        if (names is not None and name not in names) or name in _NOT_ON_COMMAND_LINE:
             continue
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):

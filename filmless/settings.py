@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -24,6 +24,7 @@ from pydantic_settings import (
 from storage.codecs import CompressionPolicy, StorageCodec
 from storage.index.repository import SERVICES
 from storage.ingest import CompressionMode
+from storage.objects.encrypted import parse_keys as parse_encryption_keys
 
 
 _CONFIG_FILE: contextvars.ContextVar[str | None] = contextvars.ContextVar("filmless_config_file", default=None)
@@ -75,6 +76,8 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         extra="forbid",
         validate_default=True,
+        # Errors must not echo their input: it holds the secrets (s3_secret_key, storage_encryption_keys).
+        hide_input_in_errors=True,
     )
 
     environment: Literal["development", "production"] = Field(
@@ -84,7 +87,48 @@ class Settings(BaseSettings):
     index: str | None = Field(
         None, description="SQLAlchemy URL of the index; default sqlite:///<data>/index.sqlite."
     )
-    storage: str | None = Field(None, description="Object store URL; default file://<data>/objects.")
+    storage: str | None = Field(
+        None,
+        description="Object store URL: file:///path, or s3://bucket/prefix (an S3 bucket, see the "
+        "s3_* settings); default file://<data>/objects.",
+    )
+    s3_endpoint: str = Field(
+        "s3.amazonaws.com",
+        description="S3 server of s3:// storage: host[:port], or http(s)://host[:port] (the "
+        "scheme then decides s3_secure).",
+    )
+    s3_access_key: str | None = Field(None, description="S3 access key (id) of s3:// storage.")
+    s3_secret_key: SecretStr | None = Field(
+        None,
+        description="S3 secret key of s3:// storage; environment or settings file only, never "
+        "on the command line, never logged.",
+    )
+    s3_region: str | None = Field(None, description="S3 region (e.g. us-east-1); default: asked of the server.")
+    s3_secure: bool = Field(True, description="Reach the S3 server over HTTPS (certificate checked).")
+    s3_path_style: bool = Field(
+        True,
+        description="Path-style S3 addressing (host/bucket/key: MinIO, SeaweedFS, Ceph and most "
+        "self-hosted servers); off: virtual-host style (bucket.host/key).",
+    )
+    s3_sse: Literal["none", "AES256", "aws:kms"] = Field(
+        "none",
+        description="Server-side encryption asked of the S3 server for each object: none, AES256 "
+        "(SSE-S3) or aws:kms (SSE-KMS with s3_sse_kms_key_id).",
+    )
+    s3_sse_kms_key_id: str | None = Field(None, description="KMS key id of s3_sse aws:kms.")
+    s3_part_size: int = Field(
+        16 * 1024**2,
+        ge=5 * 1024**2,
+        le=5 * 1024**3,
+        description="Objects larger than this many bytes go to S3 as a multipart upload in parts of this size.",
+    )
+    storage_encryption_keys: SecretStr | None = Field(
+        None,
+        description="Client-side encryption at rest (AES-256-GCM) of every stored object, so the "
+        "storage never sees pixels or names in the clear: KEYID:BASE64KEY[,KEYID:BASE64KEY...] "
+        "with 32-byte keys (openssl rand -base64 32); the first encrypts new objects, all of them "
+        "decrypt (key rotation). Environment or settings file only; losing the keys loses the images.",
+    )
     ae_title: str = Field("FILMLESS", min_length=1, max_length=16, description="Our DICOM AE title.")
     dicom_host: str = Field("0.0.0.0", description="Address the DICOM port listens on.")
     dicom_port: int = Field(11112, ge=0, le=65535, description="DICOM (DIMSE) port.")
@@ -165,6 +209,10 @@ class Settings(BaseSettings):
                 f"unknown_ae_services: unknown service(s) {', '.join(sorted(unknown - set(SERVICES)))}; "
                 "use echo, store, find, move, get"
             )
+        if self.storage_encryption_keys is not None:
+            parse_encryption_keys(self.storage_encryption_keys.get_secret_value())
+        if self.s3_sse == "aws:kms" and not self.s3_sse_kms_key_id:
+            raise ValueError("s3_sse aws:kms needs s3_sse_kms_key_id")
         if self.dicom_tls_port:
             if self.tls_certificate is None or self.tls_private_key is None:
                 raise ValueError(
