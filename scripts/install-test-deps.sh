@@ -9,6 +9,9 @@ need_apt=()
 command -v /usr/bin/storescu >/dev/null 2>&1 || need_apt+=(dcmtk)
 command -v /usr/sbin/Orthanc >/dev/null 2>&1 || need_apt+=(orthanc)
 command -v /usr/bin/openssl >/dev/null 2>&1 || need_apt+=(openssl)  # test certificates (DICOM TLS)
+# PostgreSQL server for the index tests (tests/postgres.py starts its own, as the postgres
+# user, in a temporary directory on a private port).
+compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -18,6 +21,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   # their own Orthanc on private ports, so the service is not needed.
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet orthanc 2>/dev/null; then
     $SUDO systemctl stop orthanc || true
+  fi
+  # Likewise Debian's postgresql package creates and starts a "main" cluster; nothing uses it.
+  if [[ " ${need_apt[*]} " == *" postgresql "* ]] && command -v pg_lsclusters >/dev/null 2>&1; then
+    pg_lsclusters --no-header 2>/dev/null | awk '$4 == "online" {print $1, $2}' |
+      while read -r version cluster; do $SUDO pg_ctlcluster "$version" "$cluster" stop || true; done
   fi
 fi
 

@@ -28,6 +28,17 @@ class IndexUnavailable(ArchiveError):
     """The metadata index failed (database unreachable, locked, corrupt)."""
 
 
+class IndexConflict(IndexUnavailable):
+    """A concurrent transaction got in the way (a deadlock or serialization failure the
+    database resolved by aborting this one): the same transaction may succeed if tried again."""
+
+
+class IndexCommitUncertain(IndexUnavailable):
+    """The index failed while committing (the connection was lost waiting for the answer):
+    the transaction may or may not have been committed. What it would reference must be kept
+    until the index can be asked again."""
+
+
 class InstanceAlreadyExists(ArchiveError):
     """An instance with that SOP Instance UID is already indexed (a lost race on insert)."""
 

@@ -4,6 +4,13 @@ SQLite: WAL journal (readers never block the writer), ``synchronous=FULL`` (a co
 survives power loss: a success status is a promise), foreign keys on, a generous busy timeout,
 and ``BEGIN IMMEDIATE`` for write transactions so that concurrent writers queue on the lock
 instead of deadlocking on a read-to-write upgrade.
+
+PostgreSQL (psycopg 3; ``postgresql://`` URLs use it too): READ COMMITTED, the server's
+durable commit (``synchronous_commit`` as the server has it, on by default), connections
+checked before use (``pool_pre_ping``: after the server restarted, the pool reconnects instead
+of failing the next ingest), a connect timeout and TCP keepalives (a server that vanished is
+noticed within a minute), and no process-wide write lock: concurrent ingests are kept apart by
+row locks and unique constraints (see :mod:`storage.index.repository`).
 """
 
 from __future__ import annotations
@@ -14,15 +21,26 @@ import threading
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.pool import QueuePool
 
 WRITE_OPTION = "filmless_write"
 
 
-def create_index_engine(url: str, *, echo: bool = False) -> Engine:
+def index_url(url: str | URL) -> URL:
+    """``url`` parsed, with PostgreSQL URLs that name no driver (``postgresql://``,
+    ``postgres://``) set to psycopg 3, the driver filmless installs."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def create_index_engine(url: str | URL, *, echo: bool = False) -> Engine:
     """Create the engine for ``url`` (``sqlite:///path`` or ``postgresql://...``)."""
-    if url.startswith("sqlite"):
+    url = index_url(url)
+    backend = url.get_backend_name()
+    if backend == "sqlite":
         engine = create_engine(
             url,
             echo=echo,
@@ -36,7 +54,31 @@ def create_index_engine(url: str, *, echo: bool = False) -> Engine:
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
-    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    if backend == "postgresql":
+        connect_args: dict[str, Any] = {}
+        if url.get_driver_name() == "psycopg":
+            connect_args = {
+                "connect_timeout": 10,
+                "application_name": "filmless",
+                "keepalives": 1,
+                "keepalives_idle": 30,
+                "keepalives_interval": 10,
+                "keepalives_count": 3,
+            }
+        return create_engine(
+            url,
+            echo=echo,
+            isolation_level="READ COMMITTED",
+            pool_pre_ping=True,
+            # Connections are held for one transaction; up to 32 at once per process (the
+            # default max_associations), within PostgreSQL's default max_connections of 100
+            # for the receiver and a compression worker or two.
+            pool_size=8,
+            max_overflow=24,
+            pool_recycle=3600,
+            connect_args=connect_args,
+        )
+    raise ValueError(f"unsupported index URL {url.render_as_string(hide_password=True)!r}: use sqlite:/// or postgresql://")
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:

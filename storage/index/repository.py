@@ -2,6 +2,25 @@
 
 Writes happen in short transactions opened with :meth:`Index.write`; SQLAlchemy and driver
 errors are translated here into the domain tree (:mod:`storage.errors`).
+
+Concurrent writers. On SQLite one write transaction runs at a time (``BEGIN IMMEDIATE`` and
+the write lock of :mod:`storage.index.engine`). On PostgreSQL (READ COMMITTED) they run side
+by side and are kept apart by the database:
+
+* unique constraints on every entity key: patient, study and series rows are inserted with
+  ``ON CONFLICT DO NOTHING`` (a second ingest of a new study waits for the first to commit,
+  then reads its rows), an instance inserted twice fails and the ingest looks again;
+* row locks, always taken in the same order (instance, patient, study, series): the study row
+  is locked (``FOR UPDATE``) before its derived counts are changed, an instance row before it
+  is replaced or its object swapped by the compression worker;
+* compression jobs are claimed with ``FOR UPDATE SKIP LOCKED``, so two workers never take the
+  same job;
+* a deadlock or serialization failure the database breaks anyway is :class:`IndexConflict`,
+  which the ingest retries like a lost insert race.
+
+Values are fitted to the columns on both backends alike (text cut to the column's length, NUL
+characters dropped, integers outside 32 bits left out): PostgreSQL refuses what SQLite would
+keep, and a C-STORE must not fail on an over-long description.
 """
 
 from __future__ import annotations
@@ -14,24 +33,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import Engine, Integer, String, and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Row
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from storage.attributes import InstanceAttributes
-from storage.errors import IndexUnavailable, InstanceAlreadyExists
+from storage.errors import IndexCommitUncertain, IndexConflict, IndexUnavailable, InstanceAlreadyExists
 from storage.index.engine import WRITE_OPTION, write_lock_for
 from storage.index.prepared import prepared
 from storage.index.schema import (
-    ADDED_COLUMNS,
-    SCHEMA_VERSION,
     application_entity,
     audit_event,
     compression_job,
     instance,
     instance_version,
-    meta,
-    metadata,
     object_gc,
     patient,
     series,
@@ -43,11 +60,22 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _reason(exc: DBAPIError) -> str:
+    return str(exc.orig).strip()[:200]
+
+
+def _unavailable(exc: DBAPIError) -> IndexUnavailable:
+    if getattr(exc.orig, "sqlstate", None) in _CONFLICT_STATES:
+        return IndexConflict(f"index conflict: {_reason(exc)}")
+    return IndexUnavailable(f"index unavailable: {_reason(exc)}")
+
+
 # Statements of the ingest hot path, built once: executing a prebuilt construct with a
 # parameter dict skips SQLAlchemy's per-call construction and hits its compiled cache.
 _FIND_INSTANCE = select(instance).where(instance.c.sop_instance_uid == bindparam("uid"))
+_FIND_INSTANCE_LOCKED = _FIND_INSTANCE.with_for_update()
 _INSTANCE_EXISTS = select(instance.c.pk).where(instance.c.sop_instance_uid == bindparam("uid"))
-_INSERT = {t.name: insert(t) for t in (patient, study, series, instance, compression_job, audit_event)}
+_INSERT = {t.name: insert(t) for t in (compression_job, audit_event)}
 _INSERT_RETURNING_PK = insert(instance).returning(instance.c.pk)
 _BUMP_SERIES = (
     update(series)
@@ -68,6 +96,52 @@ _BUMP_STUDY = (
     )
 )
 _SELECT_BY_KEY: dict[tuple[str, bool], Any] = {}
+_INSERT_IF_NEW: dict[tuple[str, str], Any] = {}
+
+# SQLSTATEs of a transaction the database aborted to resolve a conflict with another one.
+_CONFLICT_STATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
+_INT32 = range(-(2**31), 2**31)
+
+
+def _insert_if_new(dialect: str, table: Any, key: str) -> Any:
+    """INSERT that does nothing when a row with the same ``key`` exists (or is being inserted
+    by a concurrent transaction, which it waits for)."""
+    stmt = _INSERT_IF_NEW.get((dialect, table.name))
+    if stmt is None:
+        if dialect == "postgresql":
+            stmt = postgresql_insert(table).on_conflict_do_nothing(index_elements=[table.c[key]])
+        elif dialect == "sqlite":
+            stmt = sqlite_insert(table).on_conflict_do_nothing(index_elements=[table.c[key]])
+        else:
+            stmt = insert(table)
+        _INSERT_IF_NEW[(dialect, table.name)] = stmt
+    return stmt
+
+
+def _column_limits(table: Any) -> tuple[dict[str, int], frozenset[str]]:
+    lengths = {c.key: c.type.length for c in table.columns if isinstance(c.type, String) and c.type.length}
+    integers = frozenset(c.key for c in table.columns if type(c.type) is Integer)
+    return lengths, integers
+
+
+_LIMITS = {t.name: _column_limits(t) for t in (patient, study, series, instance, application_entity)}
+
+
+def _fit(table: Any, values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` as the columns of ``table`` hold them: text cut to the column's length and
+    without NUL characters, integers outside 32 bits dropped (None)."""
+    lengths, integers = _LIMITS[table.name]
+    fitted = dict(values)
+    for name, value in values.items():
+        if type(value) is str:
+            if "\x00" in value:
+                value = fitted[name] = value.replace("\x00", "")
+            limit = lengths.get(name)
+            if limit is not None and len(value) > limit:
+                fitted[name] = value[:limit]
+        elif type(value) is int and name in integers and value not in _INT32:
+            fitted[name] = None
+    return fitted
 
 
 def _select_by_key(table: Any, key: str, lock: bool) -> Any:
@@ -214,54 +288,52 @@ class Index:
     # --- transactions ---------------------------------------------------------------------
     @contextmanager
     def write(self) -> Iterator[Connection]:
-        """A write transaction; commits on success, rolls back on any exception."""
+        """A write transaction; commits on success, rolls back on any exception.
+
+        Raises :class:`InstanceAlreadyExists` for a unique key taken meanwhile,
+        :class:`IndexConflict` when the database aborted the transaction to break a conflict
+        with another one, :class:`IndexCommitUncertain` when the commit itself failed (it may
+        have happened) and :class:`IndexUnavailable` for any other database failure."""
         try:
-            with self._write_lock, self._writer.begin() as conn:
-                yield conn
+            with self._write_lock, self._writer.connect() as conn:
+                transaction = conn.begin()
+                try:
+                    yield conn
+                except BaseException:
+                    if transaction.is_active:
+                        try:
+                            transaction.rollback()
+                        except DBAPIError:
+                            pass  # a lost connection: the server rolls back by itself
+                    raise
+                try:
+                    transaction.commit()
+                except DBAPIError as exc:
+                    raise IndexCommitUncertain(f"index unavailable while committing: {_reason(exc)}") from exc
         except IntegrityError as exc:
-            raise InstanceAlreadyExists(str(exc.orig)[:200]) from exc
-        except (OperationalError, DBAPIError) as exc:
-            raise IndexUnavailable(f"index unavailable: {str(exc.orig)[:200]}") from exc
+            raise InstanceAlreadyExists(_reason(exc)) from exc
+        except DBAPIError as exc:
+            raise _unavailable(exc) from exc
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
         try:
             with self.engine.connect() as conn:
                 yield conn
-        except (OperationalError, DBAPIError) as exc:
-            raise IndexUnavailable(f"index unavailable: {str(exc.orig)[:200]}") from exc
+        except DBAPIError as exc:
+            raise _unavailable(exc) from exc
 
     def create(self) -> None:
-        """Create missing tables and record the schema version."""
-        try:
-            metadata.create_all(self.engine)
-        except (OperationalError, DBAPIError) as exc:
-            raise IndexUnavailable(f"cannot create the index: {str(exc.orig)[:200]}") from exc
-        with self.write() as conn:
-            current = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
-            if current is None:
-                conn.execute(insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
-            elif int(current) < SCHEMA_VERSION:
-                self._upgrade(conn, int(current))
-            elif int(current) > SCHEMA_VERSION:
-                raise IndexUnavailable(
-                    f"the index has schema version {current}, newer than this filmless ({SCHEMA_VERSION})"
-                )
+        """Make the index ready for this filmless: create the schema in an empty database,
+        bring an older index up to date (alembic migrations; indexes made before them are
+        adopted), refuse one newer than this filmless (:class:`IndexUnavailable`)."""
+        from storage.index import migrate
 
-    @staticmethod
-    def _upgrade(conn: Connection, current: int) -> None:
-        """Add the columns of later schema versions to an existing index (in place)."""
-        tables = metadata.tables
-        for version, table_name, column_name in ADDED_COLUMNS:
-            if version <= current:
-                continue
-            column = tables[table_name].c[column_name]
-            ddl = column.type.compile(dialect=conn.dialect)
-            default = column.server_default.arg if column.server_default is not None else None  # type: ignore[attr-defined]
-            default_sql = f" DEFAULT {default.compile(dialect=conn.dialect)}" if default is not None else ""
-            null_sql = " NOT NULL" if not column.nullable and default is not None else ""
-            conn.exec_driver_sql(f"ALTER TABLE {table_name} ADD COLUMN {column_name} {ddl}{default_sql}{null_sql}")
-        conn.execute(update(meta).where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
+        try:
+            with self._write_lock, self._writer.begin() as conn:
+                migrate.ensure(conn)
+        except DBAPIError as exc:
+            raise IndexUnavailable(f"cannot create the index: {_reason(exc)}") from exc
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -269,15 +341,17 @@ class Index:
 
     # --- instances --------------------------------------------------------------------------
     @staticmethod
-    def find_instance(conn: Connection, sop_instance_uid: str) -> Row[Any] | None:
+    def find_instance(conn: Connection, sop_instance_uid: str, *, lock: bool = True) -> Row[Any] | None:
+        """The instance's row; in a write transaction it is locked (``FOR UPDATE`` on
+        PostgreSQL) until the commit, so a compression swap cannot change it meanwhile."""
         # Mostly there is none: ask cheaply first, then fetch the row with its types.
         if prepared(conn, "instance exists", _INSTANCE_EXISTS).first(conn, {"uid": sop_instance_uid}) is None:
             return None
-        return conn.execute(_FIND_INSTANCE, {"uid": sop_instance_uid}).first()
+        return conn.execute(_FIND_INSTANCE_LOCKED if lock else _FIND_INSTANCE, {"uid": sop_instance_uid}).first()
 
     def get_instance(self, sop_instance_uid: str) -> Row[Any] | None:
         with self.read() as conn:
-            return self.find_instance(conn, sop_instance_uid)
+            return self.find_instance(conn, sop_instance_uid, lock=False)
 
     def upsert_hierarchy(self, conn: Connection, attrs: InstanceAttributes) -> Hierarchy:
         """Create or complete the patient, study and series rows of a new instance (the study
@@ -315,7 +389,7 @@ class Index:
 
     @staticmethod
     def _instance_values(new: NewInstance, now: datetime) -> dict[str, Any]:
-        values = dict(new.attrs.instance)
+        values = _fit(instance, new.attrs.instance)
         values.update(
             received_transfer_syntax=new.received.transfer_syntax_uid,
             stored_transfer_syntax=new.stored.transfer_syntax_uid,
@@ -392,11 +466,13 @@ class Index:
         non-empty values; later instances complete what earlier ones left empty).
         Returns the row as it was before this call's changes (counts included)."""
         query = prepared(conn, f"{table.name} by key{' locked' if lock else ''}", _select_by_key(table, key, lock))
+        values = _fit(table, values)
         params = {"key": values[key]}
         row = query.first(conn, params)
         if row is None:
             new = {**values, **parents, "created_at": now, "updated_at": now}
-            prepared(conn, f"insert {table.name}", _INSERT[table.name], new).run(conn, new)
+            stmt = _insert_if_new(conn.dialect.name, table, key)
+            prepared(conn, f"insert {table.name} if new", stmt, new).run(conn, new)
             row = query.first(conn, params)
             assert row is not None
             return row
@@ -494,6 +570,7 @@ class Index:
                 .where(or_(compression_job.c.claimed_until.is_(None), compression_job.c.claimed_until < now))
                 .order_by(compression_job.c.pk)
                 .limit(limit)
+                .with_for_update(skip_locked=True)  # PostgreSQL: another worker's claim is skipped
             ).all()
             if not rows:
                 return []
@@ -563,7 +640,7 @@ class Index:
         another object meanwhile."""
         now = utcnow()
         with self.write() as conn:
-            row = conn.execute(select(instance).where(instance.c.pk == job.instance_pk)).first()
+            row = conn.execute(select(instance).where(instance.c.pk == job.instance_pk).with_for_update()).first()
             conn.execute(delete(compression_job).where(_this_job(job)))
             if row is None or row.object_key != job.object_key:
                 self._schedule_delete(conn, stored.key, "stale compression result")
@@ -593,7 +670,7 @@ class Index:
     def finish_job_kept(self, job: CompressionJob, note: str, flag: str = "") -> None:
         """The original stays the stored object (nothing to gain, or the check failed)."""
         with self.write() as conn:
-            row = conn.execute(select(instance).where(instance.c.pk == job.instance_pk)).first()
+            row = conn.execute(select(instance).where(instance.c.pk == job.instance_pk).with_for_update()).first()
             self._drop_results(conn, _this_job(job))  # a result written by a failed attempt
             conn.execute(delete(compression_job).where(_this_job(job)))
             if row is None or row.object_key != job.object_key:
@@ -714,7 +791,7 @@ class Index:
     def add_ae(self, ae: ApplicationEntity) -> None:
         with self.write() as conn:
             conn.execute(delete(application_entity).where(application_entity.c.ae_title == ae.ae_title))
-            conn.execute(insert(application_entity).values(**ae.__dict__, created_at=utcnow()))
+            conn.execute(insert(application_entity).values(**_fit(application_entity, ae.__dict__), created_at=utcnow()))
 
     def remove_ae(self, ae_title: str) -> bool:
         with self.write() as conn:

@@ -27,6 +27,8 @@ from sqlalchemy import (
 )
 
 SCHEMA_VERSION = 2
+"""The version of the schema below. Changing the schema means a new alembic revision in
+``storage/index/migrations/versions`` that makes this version (see that package)."""
 
 metadata = MetaData()
 
@@ -223,13 +225,6 @@ application_entity = Table(
     Column("may_get", Boolean, nullable=False, default=True, server_default=true()),
     # C-FIND responses in plain ASCII without diacritics, for consoles that cannot show UTF-8.
     Column("ascii_only", Boolean, nullable=False, default=False, server_default=false()),
-)
-
-# Columns added after version 1, for upgrading an existing index in place (until the
-# alembic migrations of the production-storage work replace this list).
-ADDED_COLUMNS: tuple[tuple[int, str, str], ...] = tuple(
-    (2, "application_entity", name)
-    for name in ("may_echo", "may_store", "may_find", "may_move", "may_get", "ascii_only")
 )
 
 # Append-only from the application (who, from where, what, result, when).

@@ -1,5 +1,9 @@
-"""Fixtures of the integration tests: a real archive (SQLite index file and LocalObjectStore
-under ``tmp_path``) built by the composition root, and probes of its tables and files."""
+"""Fixtures of the integration tests: a real archive (index and LocalObjectStore under
+``tmp_path``) built by the composition root, and probes of its tables and files.
+
+Every test that builds an archive runs on both index backends (``[sqlite]``: the default
+SQLite file; ``[postgresql]``: a new database on the session's PostgreSQL server); see
+tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -28,14 +32,19 @@ TABLES = [
 
 
 @pytest.fixture
-def make_archive(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Archive]]:
-    """Build archives from settings overrides; the environment cannot leak into them."""
+def make_archive(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, new_index_url: Callable[[], str | None]
+) -> Iterator[Callable[..., Archive]]:
+    """Build archives from settings overrides (each with an index of its own on the test's
+    backend); the environment cannot leak into them."""
     for name in list(os.environ):
         if name.startswith("FILMLESS_"):
             monkeypatch.delenv(name)
     built: list[Archive] = []
 
     def make(**overrides: Any) -> Archive:
+        if "index" not in overrides:
+            overrides["index"] = new_index_url()
         archive = build_archive(Settings(data=tmp_path / f"archive{len(built)}", **overrides))
         built.append(archive)
         return archive

@@ -1,8 +1,9 @@
-"""Prepared statements write exactly what SQLAlchemy Core writes, on the real SQLite index."""
+"""Prepared statements write exactly what SQLAlchemy Core writes, on a real index (SQLite and
+PostgreSQL, psycopg's parameter style)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,8 @@ WHEN = datetime(2026, 11, 22, 23, 59, 58, 123456, tzinfo=UTC)
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    engine = create_index_engine(f"sqlite:///{tmp_path / 'index.db'}")
+def engine(tmp_path: Path, new_index_url: Callable[[], str | None]) -> Iterator[Engine]:
+    engine = create_index_engine(new_index_url() or f"sqlite:///{tmp_path / 'index.db'}")
     metadata.create_all(engine)
     try:
         yield engine
@@ -56,7 +57,9 @@ def test_an_insert_stores_what_core_stores(engine: Engine) -> None:
         values = _patient("prepared")
         prepared(conn, "test insert patient", insert(patient), values).run(conn, values)
     assert _row(engine, "prepared") == _row(engine, "core")
-    assert _row(engine, "prepared")["created_at"] == WHEN.replace(tzinfo=None)  # SQLite keeps no zone
+    # PostgreSQL keeps the instant (TIMESTAMP WITH TIME ZONE), SQLite the UTC time without a zone.
+    expected = WHEN if engine.dialect.name == "postgresql" else WHEN.replace(tzinfo=None)
+    assert _row(engine, "prepared")["created_at"] == expected
 
 
 def test_column_defaults_and_literals_are_applied(engine: Engine) -> None:

@@ -1,5 +1,5 @@
-"""storage.query against a real SQLite index: the compiled SQL finds exactly the entities
-``Query.matches`` accepts, and responses carry what the index holds.
+"""storage.query against a real index, SQLite and PostgreSQL: the compiled SQL finds exactly
+the entities ``Query.matches`` accepts, and responses carry what the index holds.
 
 Two indexes: one filled through :class:`storage.index.Index` with seeded random values
 chosen to be awkward (case and accent variants, LIKE/GLOB metacharacters, partial times,
@@ -16,7 +16,6 @@ import json
 import random
 import unicodedata
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,6 +37,7 @@ from storage.query.response import record_from_row
 from storage.query.sql import PK_LABEL
 from storage.text import fold, nfc
 from tests.fixtures import synthetic
+from tests.postgres import BACKENDS, index_url_for
 from tests.unit.support import small_ct, to_part10
 
 PROPERTY = settings(max_examples=120, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -186,10 +186,10 @@ def _fill(index: Index, seed: int = 20240301) -> None:
                         index.insert_instance(conn, NewInstance(attrs, obj, obj, Source("TEST", "127.0.0.1"), False))
 
 
-@pytest.fixture(scope="module")
-def index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Index]:
-    path: Path = tmp_path_factory.mktemp("query") / "index.sqlite"
-    built = Index(create_index_engine(f"sqlite:///{path}"))
+@pytest.fixture(scope="module", params=BACKENDS)
+def index(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Index]:
+    url = index_url_for(request.param, request, tmp_path_factory.mktemp("query"))
+    built = Index(create_index_engine(url))
     built.create()
     _fill(built)
     yield built

@@ -1,0 +1,1 @@
+"""The revisions, oldest first (``NNNN_<what>.py``)."""
