@@ -76,8 +76,12 @@ def _s3_store(url: str, settings: Settings) -> ObjectStore:
 def build_archive(settings: Settings, *, on_queued: Callable[[], None] | None = None) -> Archive:
     settings.data.mkdir(parents=True, exist_ok=True)
     index = Index(create_index_engine(settings.index_url))
-    index.create()
-    store = open_object_store(settings.storage_url, settings)
+    try:
+        index.create()  # creates or upgrades the schema; refuses an index of a newer filmless
+        store = open_object_store(settings.storage_url, settings)
+    except BaseException:
+        index.dispose()
+        raise
     ingest = Ingest(
         index,
         store,

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from filmless import __version__
 from filmless.settings import Settings, load_settings
+from storage.errors import IndexUnavailable
 
 # Options every subcommand takes (the archive's location).
 _COMMON = (
@@ -112,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="Print a JSON object")
     _add_settings(p, _COMMON)
 
+    p = sub.add_parser(
+        "migrate",
+        help="Create or upgrade the index schema (alembic migrations); serve does it too on start-up",
+    )
+    p.add_argument("--check", action="store_true", help="Only say where the index stands; exit 1 unless up to date")
+    _add_settings(p, ("data", "index", "log_level"))
+
     p = sub.add_parser("compress", help="Run a compression worker (until stopped, or --once)")
     p.add_argument("--once", action="store_true", help="Drain the queue and exit")
     _add_settings(p, _COMMON)
@@ -160,12 +168,16 @@ def main(argv: list[str] | None = None) -> int:
         "verify": commands.verify,
         "stats": commands.stats,
         "compress": commands.compress,
+        "migrate": commands.migrate,
         "ae": commands.ae,
     }[args.command]
     try:
         return handler(settings, args)
     except KeyboardInterrupt:
         return 130
+    except IndexUnavailable as exc:  # e.g. an index made by a newer filmless, or unreachable
+        print(f"filmless: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -169,6 +169,31 @@ def compress(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def migrate(settings: Settings, args: argparse.Namespace) -> int:
+    """Bring the index schema to this filmless's revision (``--check``: only report)."""
+    from sqlalchemy.engine import make_url
+
+    from storage.index import Index, create_index_engine
+
+    configure_logging(settings.log_level)
+    if settings.index is None:
+        settings.data.mkdir(parents=True, exist_ok=True)
+    where = make_url(settings.index_url).render_as_string(hide_password=True)
+    index = Index(create_index_engine(settings.index_url))
+    try:
+        state = index.schema_state()
+        if args.check or state.current or state.newer:
+            out.print(f"index {where}: {state.describe()}", highlight=False, soft_wrap=True)
+            return 0 if state.current else 1
+        _before, after = index.create()
+        out.print(
+            f"index {where}: was {state.describe()}; now {after.describe()}", highlight=False, soft_wrap=True
+        )
+        return 0
+    finally:
+        index.dispose()
+
+
 def ae(settings: Settings, args: argparse.Namespace) -> int:
     archive = _archive(settings)
     try:

@@ -41,7 +41,9 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from storage.attributes import InstanceAttributes
 from storage.errors import IndexCommitUncertain, IndexConflict, IndexUnavailable, InstanceAlreadyExists
+from storage.index import migrate
 from storage.index.engine import WRITE_OPTION, write_lock_for
+from storage.index.migrate import SchemaState
 from storage.index.prepared import prepared
 from storage.index.schema import (
     application_entity,
@@ -323,17 +325,21 @@ class Index:
         except DBAPIError as exc:
             raise _unavailable(exc) from exc
 
-    def create(self) -> None:
+    def create(self) -> tuple[SchemaState, SchemaState]:
         """Make the index ready for this filmless: create the schema in an empty database,
         bring an older index up to date (alembic migrations; indexes made before them are
-        adopted), refuse one newer than this filmless (:class:`IndexUnavailable`)."""
-        from storage.index import migrate
-
+        adopted), refuse one newer than this filmless (:class:`IndexUnavailable`).
+        Returns the schema's state before and after."""
         try:
             with self._write_lock, self._writer.begin() as conn:
-                migrate.ensure(conn)
+                return migrate.ensure(conn)
         except DBAPIError as exc:
             raise IndexUnavailable(f"cannot create the index: {_reason(exc)}") from exc
+
+    def schema_state(self) -> SchemaState:
+        """Where the index schema stands (changes nothing)."""
+        with self.read() as conn:
+            return migrate.inspect(conn)
 
     def dispose(self) -> None:
         self.engine.dispose()
