@@ -139,7 +139,7 @@ def _spawn(target: object, settings: Settings, number: int, name: str, arrivals:
     ctx = multiprocessing.get_context("spawn")
     proc = ctx.Process(
         target=target,  # type: ignore[arg-type]
-        args=(settings.model_dump_json(), os.getpid(), number, arrivals),
+        args=(settings.for_child_process(), os.getpid(), number, arrivals),
         name=name,
         daemon=True,
     )

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, SerializationInfo, field_serializer, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -192,6 +192,21 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     compression: CompressionSettings = Field(default_factory=CompressionSettings)  # type: ignore[arg-type]
+
+    @field_serializer("s3_secret_key", "storage_encryption_keys", when_used="json")
+    def _secret(self, value: SecretStr | None, info: SerializationInfo) -> str | None:
+        """Secrets are masked in JSON, except for :meth:`for_child_process`."""
+        if value is None:
+            return None
+        context = info.context
+        if isinstance(context, dict) and context.get("reveal_secrets") is True:
+            return value.get_secret_value()
+        return str(value)
+
+    def for_child_process(self) -> str:
+        """These settings as JSON for a worker process (``Settings.model_validate_json``),
+        secrets included: hand it over a pipe, never log it or put it on a command line."""
+        return self.model_dump_json(context={"reveal_secrets": True})
 
     def unknown_services(self) -> frozenset[str]:
         """The services of ``unknown_ae_services`` as a set."""

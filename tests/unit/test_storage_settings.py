@@ -128,3 +128,13 @@ def test_secrets_are_not_command_line_options() -> None:
     assert "--s3-secret-key" not in serve and "--storage-encryption-keys" not in serve
     verify = _help("verify")
     assert "--storage" in verify and "--s3-endpoint" in verify and "--s3-secret-key" not in verify
+
+
+def test_worker_processes_get_the_secrets_and_nothing_else_does() -> None:
+    key = base64.b64encode(os.urandom(32)).decode()
+    settings = Settings(s3_secret_key=SECRET, storage_encryption_keys=f"k:{key}")
+    assert SECRET not in settings.model_dump_json() and key not in settings.model_dump_json()
+    child = Settings.model_validate_json(settings.for_child_process())
+    assert child.s3_secret_key is not None and child.s3_secret_key.get_secret_value() == SECRET
+    assert child.storage_encryption_keys is not None
+    assert child.storage_encryption_keys.get_secret_value() == f"k:{key}"
