@@ -51,6 +51,17 @@ def open_object_store(url: str, settings: Settings | None = None) -> ObjectStore
     return store
 
 
+def check_object_store(store: ObjectStore) -> None:
+    """Raise :class:`storage.errors.ObjectStoreError` unless the store answers: for S3, the
+    bucket exists and the credentials are accepted."""
+    inner = store.inner if isinstance(store, EncryptedObjectStore) else store
+    check_bucket = getattr(inner, "check_bucket", None)
+    if check_bucket is not None:
+        check_bucket()
+    else:
+        store.exists("healthz/probe")
+
+
 def _s3_store(url: str, settings: Settings) -> ObjectStore:
     from storage.objects.s3 import S3Config, S3ObjectStore, parse_s3_url
 

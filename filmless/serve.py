@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
-from filmless.bootstrap import Archive, build_archive, configure_logging
+from filmless.bootstrap import Archive, build_archive, check_object_store, configure_logging
 from filmless.settings import Settings
+from storage.errors import ObjectStoreError
 from storage.ingest import CompressionMode
 
 if TYPE_CHECKING:
@@ -181,6 +182,11 @@ def serve(settings: Settings) -> int:
     tls_context = dicom_tls_context(settings)
     arrivals = ArrivalClock()
     archive = build_archive(settings, on_queued=arrivals.tick)
+    try:
+        check_object_store(archive.store)
+    except ObjectStoreError as exc:
+        archive.close()
+        raise SystemExit(f"filmless: the object store {settings.storage_url} is not usable: {exc}") from exc
     if settings.accept_unknown_aes:
         log.warning("unknown calling AE titles are accepted (development default); set accept_unknown_aes=false in production")
     log.info("index %s, objects %s", settings.index_url.split("@")[-1], settings.storage_url)

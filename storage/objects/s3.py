@@ -233,7 +233,7 @@ class S3ObjectStore:
         try:
             found = self._client.bucket_exists(self.bucket)
         except Exception as exc:  # noqa: BLE001
-            _raise(exc, None, "reach the bucket")
+            _raise(exc, None, "use")
         if not found:
             raise ObjectStoreError(f"S3 bucket {self.bucket!r} does not exist")
 

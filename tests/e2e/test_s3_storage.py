@@ -23,7 +23,7 @@ from tests.e2e.support import (
     sop_instance_uid,
 )
 from tests.object_stores import MinioServer
-from tests.peers import LOOPBACK, filmless_command, peer_env, run_storescu
+from tests.peers import LOOPBACK, filmless_command, free_port, peer_env, run_storescu
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -109,3 +109,21 @@ def test_c_store_lands_in_the_bucket_and_verifies(
             env_without = {k: v for k, v in env.items() if k != "FILMLESS_STORAGE_ENCRYPTION_KEYS"}
             refused = _cli(env_without, "verify", "--data", str(server.data_dir), "--storage", storage)
             assert refused.returncode != 0
+
+
+@pytest.mark.parametrize("problem", ["missing-bucket", "wrong-secret"])
+def test_serve_refuses_an_unusable_bucket(minio: MinioServer, tmp_path: Path, problem: str) -> None:
+    env = minio.filmless_env()
+    storage = f"s3://{BUCKET}/x"
+    if problem == "missing-bucket":
+        storage = "s3://no-such-bucket/x"
+    else:
+        env["FILMLESS_S3_SECRET_KEY"] = "wrong-" + minio.secret_key
+    result = _cli(
+        env, "serve", "--data", str(tmp_path), "--storage", storage, "--dicom-host", LOOPBACK,
+        "--dicom-port", str(free_port()), "--http-host", LOOPBACK, "--http-port", str(free_port()),
+    )
+    assert result.returncode == 1, result.stderr
+    assert "object store" in result.stderr and storage in result.stderr
+    assert ("does not exist" if problem == "missing-bucket" else "AccessDenied") in result.stderr
+    assert minio.secret_key not in result.stdout + result.stderr

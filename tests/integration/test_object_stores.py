@@ -244,10 +244,10 @@ def test_missing_bucket_is_reported(s3_server: _S3Server) -> None:
         list(store.keys())
 
 
-def test_unreachable_server_is_our_error(s3_server: _S3Server) -> None:
+def test_unreachable_server_is_our_error(minio: MinioServer) -> None:
     from tests.peers import free_port
 
-    store = S3ObjectStore(s3_server.s3_config(BUCKET, endpoint=f"127.0.0.1:{free_port()}"))
+    store = S3ObjectStore(minio.s3_config(BUCKET, endpoint=f"127.0.0.1:{free_port()}"))
     with pytest.raises(ObjectStoreError, match="unreachable"):
         store.put(new_key(), b"x")
     with pytest.raises(ObjectStoreError, match="unreachable"):
