@@ -24,6 +24,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -319,4 +320,13 @@ class SeaweedFS(_S3Server):
             time.sleep(0.2)
 
     def stop(self, timeout: float | None = None) -> int | None:
-        return self.kill()
+        code = self.kill()
+        # weed also listens on /tmp/seaweedfs-<server>-grpc-<port>.sock, left behind by SIGKILL.
+        for server, port in (
+            ("master", self.ports["master.grpc"]),
+            ("volume", self.ports["volume.grpc"]),
+            ("filer", self.ports["filer.grpc"]),
+            ("s3", self.ports["s3.grpc"]),
+        ):
+            Path(tempfile.gettempdir(), f"seaweedfs-{server}-grpc-{port}.sock").unlink(missing_ok=True)
+        return code
