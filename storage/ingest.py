@@ -10,12 +10,20 @@ The order is fixed (dicom-server's StoreOrchestrator does the same):
 4. commit the index row (and, in background mode, the compression job) in one transaction;
 5. only then return: the caller's success status is a promise that the object is durable and
    every query finds it. A failure in 3 or 4 leaves nothing behind (the object is deleted).
+
+One failure is ambiguous: the database connection lost while the COMMIT was under way (the
+server stopped or crashed at that moment). The transaction may have been committed, so the
+object is kept, the caller gets a failure as for any index error, and the object is settled
+once the index answers again (:meth:`Ingest.settle_uncertain`): deleted if no row references
+it, kept otherwise. A sender that retries then finds the instance stored.
 """
 
 from __future__ import annotations
 
 import enum
 import re
+import threading
+import time
 from concurrent import futures
 import logging
 from collections.abc import Callable
@@ -30,6 +38,9 @@ from storage import codecs, part10
 from storage.attributes import InstanceAttributes, extract
 from storage.codecs import CompressionPolicy, sha256
 from storage.errors import (
+    ArchiveError,
+    IndexCommitUncertain,
+    IndexConflict,
     InstanceAlreadyExists,
     MalformedDataset,
     ObjectTooLarge,
@@ -46,6 +57,9 @@ TRANSFER_SYNTAXES = frozenset(str(uid) for uid in AllTransferSyntaxes)
 _STANDARD_TS = re.compile(r"1\.2\.840\.10008\.1\.2(\.[0-9]+)*")
 # Below this size hashing costs less than handing the work to another thread.
 _HASH_INLINE_BELOW = 128 * 1024
+# An object whose commit outcome is unknown is settled no sooner than this (seconds): time for
+# a server that lost our connection mid-COMMIT to finish the transaction one way or the other.
+_SETTLE_AFTER = 2.0
 
 
 class CompressionMode(enum.StrEnum):
@@ -101,9 +115,47 @@ class Ingest:
         self.max_object_size = max_object_size
         self.on_queued = on_queued
         self._writer = futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="object-write")
+        self._uncertain: list[tuple[float, str]] = []  # (when, object key) of unknown commits
+        self._uncertain_lock = threading.Lock()
 
     def close(self) -> None:
         self._writer.shutdown(wait=True)
+        self.settle_uncertain(min_age=0.0)
+        if self._uncertain:
+            log.warning(
+                "%d objects of commits with an unknown outcome are kept (the index was unreachable): "
+                "`filmless verify` lists any that no index row references",
+                len(self._uncertain),
+            )
+
+    def settle_uncertain(self, min_age: float | None = None) -> int:
+        """Settle the objects of commits whose outcome was unknown (at least ``min_age``
+        seconds ago, by default a few): delete those no index row references. Returns how
+        many are settled; those the index cannot be asked about yet stay for the next call."""
+        min_age = _SETTLE_AFTER if min_age is None else min_age
+        now = time.monotonic()
+        with self._uncertain_lock:  # taken out, so that concurrent callers settle each once
+            due = [entry for entry in self._uncertain if now - entry[0] >= min_age]
+            self._uncertain = [entry for entry in self._uncertain if entry not in due]
+        for settled, (_when, key) in enumerate(due):
+            try:
+                referenced = self.index.is_referenced(key)
+            except ArchiveError:
+                with self._uncertain_lock:  # still unavailable: next time
+                    self._uncertain.extend(due[settled:])
+                return settled
+            if referenced:
+                log.info("object %s: its commit had happened; the instance is stored", key)
+            else:
+                log.info("object %s: its commit had not happened; deleting the object", key)
+                self._forget(key)
+        return len(due)
+
+    def _keep_uncertain(self, write: _Write) -> None:
+        futures.wait([write.future])
+        log.warning("object %s kept: the index failed during its commit, which may have happened", write.key)
+        with self._uncertain_lock:
+            self._uncertain.append((time.monotonic(), write.key))
 
     # --- front-door entry points -----------------------------------------------------------
     def store_file(self, data: bytes, source: Source) -> StoreResult:
@@ -119,6 +171,8 @@ class Ingest:
         size = len(received.dataset)
         if size > self.max_object_size:
             raise ObjectTooLarge(f"object of {size} bytes exceeds the limit of {self.max_object_size}")
+        if self._uncertain:
+            self.settle_uncertain()
         ts = received.transfer_syntax_uid
         if ts not in TRANSFER_SYNTAXES and not _STANDARD_TS.fullmatch(ts):
             raise MalformedDataset(f"unknown transfer syntax {ts[:64]!r}")
@@ -134,6 +188,8 @@ class Ingest:
             )
         try:
             return self._store(received, received_sha, write)
+        except IndexCommitUncertain:
+            raise  # _store kept the object
         except BaseException:
             if write is not None:
                 write.discard()
@@ -223,6 +279,9 @@ class Ingest:
                 write.discard()
             elif pending and self.on_queued is not None:
                 self.on_queued()
+        except IndexCommitUncertain:
+            self._keep_uncertain(write)
+            raise
         except BaseException:
             if not speculative:  # the caller discards a speculative write
                 write.discard()
@@ -338,9 +397,9 @@ class Ingest:
                     )
                     durable()  # raises if the write failed: the transaction rolls back
                     return outcome
-            except InstanceAlreadyExists:
-                # Lost an insert race with another association (same patient/study/series or
-                # instance created concurrently): look again.
+            except (InstanceAlreadyExists, IndexConflict):
+                # Lost an insert race with another association (same instance created
+                # concurrently), or the database broke a deadlock by aborting us: look again.
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")

@@ -311,6 +311,12 @@ class Index:
                 try:
                     transaction.commit()
                 except DBAPIError as exc:
+                    # The connection's state is unknown (a SQLite COMMIT that failed may leave
+                    # the transaction open): it is closed, never handed out again.
+                    try:
+                        conn.invalidate(exc)
+                    except Exception:  # noqa: BLE001 - closing a broken connection may fail too
+                        pass
                     raise IndexCommitUncertain(f"index unavailable while committing: {_reason(exc)}") from exc
         except IntegrityError as exc:
             raise InstanceAlreadyExists(_reason(exc)) from exc
