@@ -101,3 +101,29 @@ def test_ingest_while_the_worker_compresses(archive: Archive) -> None:
     assert study.stored_bytes == sum(r.stored_size for r in rows(archive, schema.instance))
     report = verify(archive.index, archive.store)
     assert report.ok, report
+
+
+def test_two_archives_on_one_index_store_a_new_study_once(make_archive: Callable[..., Archive]) -> None:
+    """Two archives with engines, pools and write locks of their own (as two processes have)
+    over one index and one object store: threads of both store the same new patient, study and
+    series at once. SQLite queues them on its file lock; PostgreSQL on its unique keys and row
+    locks. Each entity exists once, with counts over every instance."""
+    first = make_archive()
+    second = make_archive(index=first.settings.index_url, storage=first.settings.storage_url)
+    files = _files(40, seed=13)
+
+    def send_all(i: int) -> list[Outcome]:
+        archive = (first, second)[i % 2]
+        order = files[i % 4 :] + files[: i % 4]  # every thread starts somewhere else
+        return [archive.ingest.store_file(f, Source(aet=f"MOD{i}", host=None)).outcome for f in order]
+
+    outcomes = _run(THREADS, send_all)
+    assert outcomes == Counter({Outcome.STORED: 40, Outcome.DUPLICATE: 40 * (THREADS - 1)})
+    stats = first.index.stats()
+    assert (stats["patients"], stats["studies"], stats["series"], stats["instances"]) == (1, 1, 1, 40)
+    (series,) = rows(first, schema.series)
+    (study,) = rows(first, schema.study)
+    assert series.number_of_instances == study.number_of_instances == 40
+    assert study.number_of_series == 1
+    assert {r.object_key for r in rows(first, schema.instance)} == object_keys(first)
+    assert verify(first.index, first.store).ok
