@@ -51,7 +51,8 @@ from tests.peers import (
     storescu_command,
 )
 
-TARGETS = ("filmless", "orthanc", "storescp")
+TARGETS = ("filmless", "filmless-pg-minio", "orthanc", "storescp")
+DEFAULT_TARGETS = ("filmless", "orthanc", "storescp")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 MB = 1_000_000
 """Megabyte as used in the table: 10^6 bytes."""
@@ -253,11 +254,36 @@ def run_storescp(opts: Options, associations: int, repeat: int) -> Run:
 
 
 def run_filmless(opts: Options, associations: int, repeat: int) -> Run:
+    """Send the series to a fresh ``filmless serve`` (SQLite index, local files)."""
+    return _run_filmless(opts, associations, repeat, "filmless", {})
+
+
+def run_filmless_pg_minio(opts: Options, associations: int, repeat: int) -> Run:
+    """The same on the production storage: a fresh PostgreSQL (Debian's server, PostgreSQL's
+    durable defaults) and a fresh MinIO (the pinned build), both on 127.0.0.1."""
+    from tests.object_stores import MinioServer, minio_binary
+    from tests.postgres import PostgresServer
+
+    binary = minio_binary()
+    if binary is None:
+        raise BenchError("MinIO is not installed (scripts/install-object-stores.sh)")
+    with PostgresServer(durable=True) as pg, MinioServer(binary) as minio:
+        env = {
+            "FILMLESS_INDEX": pg.create_database(),
+            "FILMLESS_STORAGE": f"s3://{minio.create_bucket('filmless')}/bench",
+            **minio.filmless_env(),
+        }
+        return _run_filmless(opts, associations, repeat, "filmless-pg-minio", env)
+
+
+def _run_filmless(opts: Options, associations: int, repeat: int, target: str, env: dict[str, str]) -> Run:
     """Send the series to a fresh ``filmless serve``, measure, then wait for compression."""
     n = len(opts.files)
     with (
         _scenario_dir(opts.keep) as logs,
-        FilmlessServer("FILMLESS", extra_args=opts.filmless_args, command=opts.filmless_cmd, keep=opts.keep) as server,
+        FilmlessServer(
+            "FILMLESS", extra_args=opts.filmless_args, command=opts.filmless_cmd, keep=opts.keep, env=env
+        ) as server,
     ):
         t0, seconds = send(opts.files, server.dicom_port, server.aet, associations, logs, storescu_args=opts.storescu_args)
         instances = wait_for_count(lambda: int(server.stats()["instances"]), n, "filmless")
@@ -267,7 +293,7 @@ def run_filmless(opts: Options, associations: int, repeat: int) -> Run:
             raise BenchError(f"filmless: {final['instances']} instances after compression, expected {n}")
         received = int(final.get("received_bytes") or 0) or opts.sent_bytes
         return Run(
-            target="filmless",
+            target=target,
             associations=associations,
             repeat=repeat,
             instances=instances,
@@ -282,6 +308,7 @@ def run_filmless(opts: Options, associations: int, repeat: int) -> Run:
 
 RUNNERS: dict[str, Callable[[Options, int, int], Run]] = {
     "filmless": run_filmless,
+    "filmless-pg-minio": run_filmless_pg_minio,
     "orthanc": run_orthanc,
     "storescp": run_storescp,
 }
@@ -327,6 +354,8 @@ def ratios(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
         other = by.get(("orthanc", assoc))
         if target == "filmless" and other:
             out[f"{assoc}"] = row["instances_per_second"] / other["instances_per_second"]
+        elif target.startswith("filmless-") and other:
+            out[f"{assoc} {target}"] = row["instances_per_second"] / other["instances_per_second"]
     return out
 
 
@@ -349,8 +378,9 @@ def markdown(rows: Sequence[dict[str, Any]], ratio: dict[str, float], repeat: in
     what = "median of %d runs" % repeat if repeat > 1 else "1 run"
     lines.append("")
     lines.append(f"seconds: {what}, from the start of the first storescu to the exit of the last; MB = 10^6 bytes")
-    for assoc, value in sorted(ratio.items(), key=lambda kv: int(kv[0])):
-        lines.append(f"filmless / Orthanc instances/s, {assoc} association(s): {value:.2f}")
+    for key, value in sorted(ratio.items(), key=lambda kv: (int(kv[0].split()[0]), kv[0])):
+        assoc, _, variant = key.partition(" ")
+        lines.append(f"{variant or 'filmless'} / Orthanc instances/s, {assoc} association(s): {value:.2f}")
     return "\n".join(lines)
 
 
@@ -390,7 +420,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--targets",
-        default=",".join(TARGETS),
+        default=",".join(DEFAULT_TARGETS),
         help="comma-separated subset of filmless,orthanc,storescp (default all)",
     )
     parser.add_argument(
