@@ -972,7 +972,14 @@ def _population_facts(studies: Sequence[StudyPlan]) -> dict[str, Any]:
 # ------------------------------------------------------------------------ scale: fill
 
 
-def fill_index(data_dir: Path, studies: Sequence[StudyPlan], seed: int, batch: int, log: Callable[[str], None]) -> dict[str, Any]:
+def fill_index(
+    data_dir: Path,
+    studies: Sequence[StudyPlan],
+    seed: int,
+    batch: int,
+    log: Callable[[str], None],
+    url: str | None = None,
+) -> dict[str, Any]:
     """Create a filmless index in ``data_dir`` and bulk-insert ``studies`` into it.
 
     The schema comes from filmless itself (``Index.create``); rows go in with SQLAlchemy Core
@@ -987,20 +994,23 @@ def fill_index(data_dir: Path, studies: Sequence[StudyPlan], seed: int, batch: i
     from storage.index.schema import instance, patient, series, study
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    db_path = (data_dir / "index.sqlite").resolve()
-    url = f"sqlite:///{db_path}"
+    sqlite = url is None
+    if url is None:
+        url = f"sqlite:///{(data_dir / 'index.sqlite').resolve()}"
     index = Index(create_index_engine(url))
     index.create()  # tables, indexes and the schema version, exactly as filmless makes them
     index.dispose()
 
-    engine = create_engine(url)
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
 
-    @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
-        cur = dbapi_connection.cursor()
-        for pragma in ("journal_mode=WAL", "synchronous=OFF", "foreign_keys=OFF", "cache_size=-262144", "temp_store=MEMORY"):
-            cur.execute(f"PRAGMA {pragma}")
-        cur.close()
+    if sqlite:
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cur = dbapi_connection.cursor()
+            for pragma in ("journal_mode=WAL", "synchronous=OFF", "foreign_keys=OFF", "cache_size=-262144", "temp_store=MEMORY"):
+                cur.execute(f"PRAGMA {pragma}")
+            cur.close()
 
     base_time = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     counts = {"patients": 0, "studies": 0, "series": 0, "instances": 0}
@@ -1183,11 +1193,16 @@ def fill_index(data_dir: Path, studies: Sequence[StudyPlan], seed: int, batch: i
                 if name == "instances" and counts[name] % (batch * 10) == 0:
                     log(f"    {counts[name]:,} instances ({time.perf_counter() - t_start:.0f} s)")
             log(f"    {name}: {counts[name]:,} rows in {time.perf_counter() - t:.1f} s")
-        conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
+        if sqlite:
+            conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
+            index_bytes = _index_bytes(data_dir)
+        else:
+            conn.execute(text("ANALYZE"))  # fresh statistics, as autovacuum would soon give them
+            index_bytes = int(conn.execute(text("SELECT pg_database_size(current_database())")).scalar_one())
         conn.commit()
     engine.dispose()
     seconds = time.perf_counter() - t_start
-    return {"seconds": seconds, "rows": counts, "index_bytes": _index_bytes(data_dir), "batch": batch}
+    return {"seconds": seconds, "rows": counts, "index_bytes": index_bytes, "batch": batch}
 
 
 def _index_bytes(data_dir: Path) -> int:
@@ -1214,12 +1229,23 @@ def run_scale(args: argparse.Namespace, work: Path, log: Callable[[str], None]) 
     if "filmless" not in args.targets:
         log("  (filmless not among --targets: scale part skipped)")
         return record
+    pg = None
+    env = filmless_env(args)
+    if args.scale_index == "postgresql":
+        from tests.postgres import PostgresServer
+
+        pg = PostgresServer(durable=True, keep=args.keep)
+        pg.start()
+        env["FILMLESS_INDEX"] = pg.create_database("bench_scale")
+        record["index_backend"] = "postgresql"
+    else:
+        record["index_backend"] = "sqlite"
     server = FilmlessServer(
         "FILMLESS", workdir=work / "scale", extra_args=args.filmless_args, command=args.filmless_cmd,
-        keep=args.keep, startup_timeout=600, env=filmless_env(args),
+        keep=args.keep, startup_timeout=600, env=env,
     )
     try:
-        fill = fill_index(server.data_dir, studies, args.seed, args.scale_batch, log)
+        fill = fill_index(server.data_dir, studies, args.seed, args.scale_batch, log, url=env.get("FILMLESS_INDEX"))
         fill["plan_seconds"] = plan_seconds
         record["fill"] = fill
         log(f"  filled in {fill['seconds']:.0f} s; index {fill['index_bytes'] / 1e6:.1f} MB; starting serve ...")
@@ -1231,12 +1257,17 @@ def run_scale(args: argparse.Namespace, work: Path, log: Callable[[str], None]) 
                 args.scale_repeat, args.warmup, log=log,
             )
             record["filmless_facts"] = facts
-        record["index_bytes_after"] = _index_bytes(server.data_dir)
+        if pg is None:
+            record["index_bytes_after"] = _index_bytes(server.data_dir)
         record["results"].extend(asdict(r) for r in results)
     except (BenchError, PeerError, TimeoutError, OSError, subprocess.SubprocessError) as exc:
         tail = _log_tail(work / "scale")
         record["errors"].append({"target": "filmless", "error": str(exc), "log_tail": tail})
         log(f"\n!!! scale, filmless FAILED:\n{exc}\n--- end of its log:\n{tail}\n")
+    finally:
+        if pg is not None:
+            pg.stop()
+            pg.cleanup()
     return record
 
 
@@ -1288,7 +1319,8 @@ def markdown_scale(record: dict[str, Any]) -> str:
         lines.append("")
         lines.append(
             f"index: {pop['studies']:,} studies, {pop['patients']:,} patients, {pop['series']:,} series, "
-            f"{pop['instances']:,} instances; {fill['index_bytes'] / 1e6:.1f} MB on disk (index.sqlite*); "
+            f"{pop['instances']:,} instances; {fill['index_bytes'] / 1e6:.1f} MB on disk "
+            f"({'PostgreSQL database' if record.get('index_backend') == 'postgresql' else 'index.sqlite*'}); "
             f"generated in {fill['seconds']:.0f} s; filmless serve ready in {record.get('serve_start_seconds', 0):.1f} s"
         )
     return "\n".join(lines)
@@ -1339,6 +1371,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scale-studies", type=int, default=10_000, help="scale: studies (default 10000)")
     parser.add_argument("--scale-instances", type=int, default=1_000_000, help="scale: instances (default 1000000)")
     parser.add_argument("--scale-repeat", type=int, default=20, help="scale: timed queries per kind (default 20)")
+    parser.add_argument(
+        "--scale-index",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="scale: the index backend (postgresql: a private server from Debian's packages, tests/postgres.py)",
+    )
     parser.add_argument("--scale-batch", type=int, default=20_000, help="scale: rows per executemany (default 20000)")
     parser.add_argument("--warmup", type=int, default=3,
                         help="untimed queries per kind before timing, at least 1: the first is checked "
