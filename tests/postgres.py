@@ -24,7 +24,6 @@ import itertools
 import os
 import pwd
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -196,11 +195,6 @@ class PostgresServer(_ManagedProcess):
     def crash(self) -> int | None:
         """SIGKILL the postmaster and every backend at once (a crash); :meth:`start` recovers."""
         return self.kill()
-
-    def cleanup(self, *, failed: bool = False) -> None:
-        super().cleanup(failed=failed)
-        if self._own_workdir and self.workdir.exists() and not (failed or self._failed or self.keep):
-            shutil.rmtree(self.workdir, ignore_errors=True)
 
     # -- databases
     def dsn(self, database: str) -> str:
