@@ -149,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = ae_sub.add_parser("remove", help="Remove an AE")
     p.add_argument("ae_title", metavar="AET")
     _add_settings(p, _COMMON)
+
+    from filmless import backup
+
+    backup.add_parsers(sub, _add_settings, _COMMON)  # export, restore
     return parser
 
 
@@ -160,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValidationError, ValueError, FileNotFoundError) as exc:
         print(f"filmless: invalid settings: {exc}", file=sys.stderr)
         return 2
-    from filmless import commands
+    from filmless import backup, commands
 
     handler = {
         "serve": commands.serve,
@@ -170,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         "compress": commands.compress,
         "migrate": commands.migrate,
         "ae": commands.ae,
+        "export": backup.export,
+        "restore": backup.restore,
     }[args.command]
     try:
         return handler(settings, args)
