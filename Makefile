@@ -1,7 +1,7 @@
 # The two commands of the README:
 #   make run   installs filmless into .venv and starts it with embedded defaults
 #   make test  installs the test dependencies (DCMTK, Orthanc, Python packages) and runs the suite
-.PHONY: run install test test-fast bench
+.PHONY: run install test test-fast bench env-example
 
 install:
 	bash scripts/install.sh
@@ -18,3 +18,8 @@ test-fast:
 
 bench:
 	.venv/bin/python -m bench.ingest --repeat 3
+
+# .env.example (docker-compose.yml's settings) is generated from filmless's settings; a test
+# checks that it is up to date.
+env-example:
+	.venv/bin/python -m filmless.envdoc > .env.example

@@ -120,6 +120,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="Only say where the index stands; exit 1 unless up to date")
     _add_settings(p, ("data", "index", "log_level"))
 
+    p = sub.add_parser(
+        "echo",
+        help="C-ECHO the DICOM node of these settings (dicom_host, dicom_port, ae_title); exit "
+        "status 0 only if it answers Success (a container healthcheck)",
+    )
+    p.add_argument(
+        "--calling-ae",
+        default="FILMLESS-ECHO",
+        help="Our AE title; when accept_unknown_aes is off it must be registered (filmless ae add "
+        "... --services echo) (default: FILMLESS-ECHO)",
+    )
+    p.add_argument("--timeout", type=float, default=10.0, help="Seconds for each step (default: 10)")
+    _add_settings(p, ("dicom_host", "dicom_port", "ae_title", "log_level"))
+
     p = sub.add_parser("compress", help="Run a compression worker (until stopped, or --once)")
     p.add_argument("--once", action="store_true", help="Drain the queue and exit")
     _add_settings(p, _COMMON)
@@ -172,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         "verify": commands.verify,
         "stats": commands.stats,
         "compress": commands.compress,
+        "echo": commands.echo,
         "migrate": commands.migrate,
         "ae": commands.ae,
         "export": backup.export,

@@ -169,6 +169,48 @@ def compress(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def echo(settings: Settings, args: argparse.Namespace) -> int:
+    """C-ECHO the DICOM node of ``settings`` (its own host when it listens on every address);
+    0 on a Success response, 1 otherwise, with one line saying why."""
+    import logging
+
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    configure_logging("WARNING" if settings.log_level == "INFO" else settings.log_level)
+    if settings.log_level != "DEBUG":
+        logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # the one line below says it
+    host = "127.0.0.1" if settings.dicom_host in ("", "0.0.0.0", "::") else settings.dicom_host
+    where = f"{settings.ae_title}@{host}:{settings.dicom_port}"
+    try:
+        ae = AE(ae_title=args.calling_ae)
+    except ValueError as exc:
+        err.print(f"filmless echo: calling AE title: {exc}", highlight=False)
+        return 2
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = args.timeout
+    ae.connection_timeout = args.timeout
+    assoc = ae.associate(host, settings.dicom_port, ae_title=settings.ae_title)
+    if not assoc.is_established:
+        reason = "no association (nothing listening, or the connection was aborted)"
+        answer = assoc.acceptor.primitive
+        if assoc.is_rejected and answer is not None:
+            reason = f"association rejected ({answer.result_str}, {answer.source_str}: {answer.reason_str})"
+        err.print(f"filmless echo: {where}: {reason}", highlight=False, soft_wrap=True)
+        return 1
+    try:
+        status = assoc.send_c_echo()
+    finally:
+        assoc.release()
+    code = getattr(status, "Status", None)
+    if code == 0x0000:
+        out.print(f"{where}: C-ECHO Success", highlight=False)
+        return 0
+    answered = "no response" if code is None else f"status 0x{int(code):04X}"
+    err.print(f"filmless echo: {where}: C-ECHO failed ({answered})", highlight=False, soft_wrap=True)
+    return 1
+
+
 def migrate(settings: Settings, args: argparse.Namespace) -> int:
     """Bring the index schema to this filmless's revision (``--check``: only report)."""
     from sqlalchemy.engine import make_url

@@ -3,6 +3,10 @@
 The DICOM node runs in this process (pynetdicom: a thread per association); the HTTP API runs
 in this process's main thread (uvicorn, which also handles SIGINT/SIGTERM); compression runs in
 separate worker processes so that codec work, which holds the GIL, never slows acknowledgements.
+
+``components`` splits them over two services on the same settings (docker-compose.yml): ``dicom``
+runs the DICOM node and the compression workers (the main thread then waits for SIGTERM or
+SIGINT), ``api`` only the HTTP API.
 """
 
 from __future__ import annotations
@@ -175,42 +179,90 @@ def stop_workers(workers: list[BaseProcess], timeout: float = 10.0) -> None:
             proc.join(2)
 
 
+def wait_for_stop_signal() -> None:
+    """Block until SIGTERM or SIGINT (what uvicorn does when the HTTP API runs). Handlers
+    are installed explicitly: as PID 1 of a container, a signal left at its default is ignored."""
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: object) -> None:
+        log.info("%s received", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run_http_api(config: uvicorn.Config) -> None:
+    """Run uvicorn until SIGTERM or SIGINT. Once shut down, uvicorn raises the signal again for
+    the handler it found installed; with this one, that returns here (and the caller stops the
+    DICOM node and the workers) instead of ending the process on the spot."""
+
+    def _stopped(signum: int, _frame: object) -> None:
+        log.info("%s received", signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, _stopped) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def serve(settings: Settings) -> int:
     from viewer_api.app import create_app
 
+    run_dicom = settings.components in ("all", "dicom")
+    run_api = settings.components in ("all", "api")
     configure_logging(settings.log_level)
-    tls_context = dicom_tls_context(settings)
+    if run_dicom and settings.dicom_processes > 1 and settings.dicom_port == 0:
+        raise SystemExit("dicom_processes > 1 needs a fixed --dicom-port")
+    tls_context = dicom_tls_context(settings) if run_dicom else None
     arrivals = ArrivalClock()
-    archive = build_archive(settings, on_queued=arrivals.tick)
+    archive = build_archive(settings, on_queued=arrivals.tick if run_dicom else None)
     try:
         check_object_store(archive.store)
     except ObjectStoreError as exc:
         archive.close()
         raise SystemExit(f"filmless: the object store {settings.storage_url} is not usable: {exc}") from exc
-    if settings.accept_unknown_aes:
+    if run_dicom and settings.accept_unknown_aes:
         log.warning("unknown calling AE titles are accepted (development default); set accept_unknown_aes=false in production")
-    log.info("index %s, objects %s", settings.index_url.split("@")[-1], settings.storage_url)
-    shared_port = settings.dicom_processes > 1
-    dicom_servers = start_dicom_servers(archive, tls_context, reuse_port=shared_port)
-    if shared_port and settings.dicom_port == 0:
-        raise SystemExit("dicom_processes > 1 needs a fixed --dicom-port")
-    sweep = getattr(archive.store, "sweep_temporaries", None)
-    if sweep is not None and (swept := sweep()):
-        log.warning("removed %d partial object files left by an earlier crash", swept)
-    released = archive.index.release_dead_claims(socket.gethostname())
-    if released:
-        log.warning("released %d compression jobs claimed by workers that died", released)
-    workers = start_compression_workers(settings, arrivals) + start_dicom_workers(settings, arrivals)
+    log.info(
+        "components %s; index %s, objects %s",
+        settings.components,
+        settings.index_url.split("@")[-1],
+        settings.storage_url,
+    )
+    dicom_servers: list[DicomServer] = []
+    workers: list[BaseProcess] = []
     try:
-        app = create_app(archive)
-        config = uvicorn.Config(
-            app,
-            host=settings.http_host,
-            port=settings.http_port,
-            log_level=settings.log_level.lower(),
-            access_log=False,
-        )
-        uvicorn.Server(config).run()
+        if run_dicom:
+            dicom_servers = start_dicom_servers(archive, tls_context, reuse_port=settings.dicom_processes > 1)
+            # Only the component that writes objects and runs compression workers cleans up
+            # after an earlier crash of its own kind (the API never holds either).
+            sweep = getattr(archive.store, "sweep_temporaries", None)
+            if sweep is not None and (swept := sweep()):
+                log.warning("removed %d partial object files left by an earlier crash", swept)
+            released = archive.index.release_dead_claims(socket.gethostname())
+            if released:
+                log.warning("released %d compression jobs claimed by workers that died", released)
+            workers = start_compression_workers(settings, arrivals) + start_dicom_workers(settings, arrivals)
+        if run_api:
+            app = create_app(archive)
+            config = uvicorn.Config(
+                app,
+                host=settings.http_host,
+                port=settings.http_port,
+                log_level=settings.log_level.lower(),
+                access_log=False,
+            )
+            run_http_api(config)
+        else:
+            wait_for_stop_signal()
     finally:
         log.info("shutting down")
         for server in dicom_servers:

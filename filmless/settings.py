@@ -83,6 +83,13 @@ class Settings(BaseSettings):
     environment: Literal["development", "production"] = Field(
         "development", description="production refuses unsafe defaults (unknown AEs allowed)."
     )
+    components: Literal["all", "dicom", "api"] = Field(
+        "all",
+        description="What `filmless serve` runs: all (the DICOM node with its compression workers, "
+        "and the HTTP API), dicom (the DICOM node and the compression workers) or api (the HTTP API "
+        "only). dicom and api run as two services (e.g. two containers) on the same settings, index "
+        "and object store.",
+    )
     data: Path = Field(Path("filmless-data"), description="Home of the index and the objects.")
     index: str | None = Field(
         None, description="SQLAlchemy URL of the index; default sqlite:///<data>/index.sqlite."

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs on a Debian machine: the DICOM peers (DCMTK, Orthanc)
-# from Debian's packages, the Python test dependencies into .venv, and the S3 servers (MinIO,
-# SeaweedFS) into a cache under ~/.cache/filmless.
+# Installs what the test suite needs on a Debian machine: the DICOM peers (DCMTK, Orthanc),
+# PostgreSQL and docker-compose from Debian's packages, the Python test dependencies into
+# .venv, and the S3 servers (MinIO, SeaweedFS) into a cache under ~/.cache/filmless.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +12,8 @@ command -v /usr/bin/openssl >/dev/null 2>&1 || need_apt+=(openssl)  # test certi
 # PostgreSQL server for the index tests (tests/postgres.py starts its own, as the postgres
 # user, in a temporary directory on a private port).
 compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || need_apt+=(postgresql)
+# docker-compose.yml is checked with Debian's docker-compose (`config` needs no Docker engine).
+command -v /usr/bin/docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
