@@ -48,6 +48,22 @@ def add_parsers(sub: Any, add_settings: Callable[..., None], common: tuple[str, 
     _add_location_options(p, "src", "FILMLESS_RESTORE_S3_SECRET_KEY")
     add_settings(p, common)
 
+    rep = sub.add_parser("replication", help="Replicate the archive to a second store (another site)")
+    rep_sub = rep.add_subparsers(dest="replication_command", required=True, metavar="ACTION")
+    p = rep_sub.add_parser(
+        "run",
+        help="Copy every object to TARGET as it arrives (a queue in the index, retried on failure), "
+        "with a restorable snapshot of the index (the layout of filmless export)",
+    )
+    p.add_argument("target", metavar="TARGET", help="A folder, or s3://bucket/prefix")
+    p.add_argument("--once", action="store_true", help="One pass: copy what is pending, snapshot, exit")
+    p.add_argument("--interval", type=float, default=30.0, help="Seconds between passes (default: 30)")
+    _add_location_options(p, "dest", "FILMLESS_REPLICATION_S3_SECRET_KEY")
+    add_settings(p, common)
+    p = rep_sub.add_parser("status", help="Per target: objects replicated, pending, failing, last snapshot")
+    p.add_argument("--json", action="store_true", help="Print JSON")
+    add_settings(p, common)
+
 
 def _add_location_options(p: argparse.ArgumentParser, prefix: str, secret_env: str) -> None:
     for name in _S3_OPTIONS:
@@ -199,3 +215,70 @@ def restore(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     out.print("[green]restore complete; all objects present and intact[/green]")
     return 0
+
+
+def _target_name(spec: str) -> str:
+    return spec if spec.startswith("s3://") else str(Path(spec).resolve())
+
+
+def replication(settings: Settings, args: argparse.Namespace) -> int:
+    import json
+    import threading
+
+    from storage import replication as replicating
+
+    if args.replication_command == "status":
+        configure_logging("WARNING" if settings.log_level == "INFO" else settings.log_level)
+        archive = build_archive(settings)
+        try:
+            states = replicating.status(archive.index)
+        finally:
+            archive.close()
+        if args.json:
+            print(json.dumps([s.as_dict() for s in states]))
+        else:
+            for s in states:  # one key/value table per target: readable at 80 columns
+                table = Table(title=f"replication to {s.target}", show_header=False)
+                table.add_row("replicated objects", str(s.replicated))
+                table.add_row("pending", str(s.pending))
+                table.add_row("failing (retried)", str(s.failing))
+                table.add_row("not yet queued", str(s.not_enqueued))
+                table.add_row("oldest pending", s.oldest_pending.isoformat(timespec="seconds") if s.oldest_pending else "-")
+                table.add_row("last snapshot", s.snapshot_at or "-")
+                table.add_row("in sync", "yes" if s.in_sync else "no")
+                if s.last_error:
+                    table.add_row("last error", s.last_error)
+                out.print(table)
+            if not states:
+                out.print("no replication target yet (filmless replication run TARGET)")
+        return 0 if all(s.failing == 0 for s in states) else 1
+
+    configure_logging(settings.log_level)
+    try:
+        dest = _location(args.target, settings, args, "dest")
+    except (ValueError, ArchiveError) as exc:
+        err.print(f"[red]filmless replication: {exc}[/red]", highlight=False, soft_wrap=True)
+        return 2
+    archive = build_archive(settings)
+    replicator = replicating.Replicator(
+        archive.index, archive.store, dest, _target_name(args.target), filmless_version=__version__
+    )
+    try:
+        if args.once:
+            report = replicator.run_once()
+            out.print(
+                f"{report.copied} copied ({report.bytes:,} bytes), {report.failed} failed, "
+                f"{report.pruned} pruned, snapshot {'written' if report.snapshot else 'not written'}",
+                highlight=False,
+            )
+            for error in report.errors:
+                out.print(f"[red]error[/red]: {error}", highlight=False, soft_wrap=True)
+            return 1 if report.errors else 0
+        stop = threading.Event()
+        try:
+            replicator.run_forever(stop, args.interval)
+        except KeyboardInterrupt:
+            stop.set()
+        return 0
+    finally:
+        archive.close()

@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from filmless import backup
 
-    backup.add_parsers(sub, _add_settings, _COMMON)  # export, restore
+    backup.add_parsers(sub, _add_settings, _COMMON)  # export, restore, replication
     return parser
 
 
@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         "ae": commands.ae,
         "export": backup.export,
         "restore": backup.restore,
+        "replication": backup.replication,
     }[args.command]
     try:
         return handler(settings, args)

@@ -109,7 +109,7 @@ def raw_store(store: ObjectStore) -> ObjectStore:
     return store.inner if isinstance(store, EncryptedObjectStore) else store
 
 
-def _key_id(data: bytes) -> str | None:
+def stored_key_id(data: bytes) -> str | None:
     if not data.startswith(MAGIC):
         return None
     try:
@@ -199,67 +199,88 @@ def export(
     previous = _read_catalogue(dest)
     raw = raw_store(store)
     created = datetime.now(timezone.utc)
+    snapshot = dump_index(index)  # the index, from one snapshot; the objects it references
+    report.rows = dict(snapshot.rows)
+    report.objects = len(snapshot.referenced)
 
-    # 1. The index, from one snapshot; the objects it references.
-    dumps: dict[str, bytes] = {}
-    referenced: list[tuple[str, str]] = []  # (object key, sha256 of the plaintext)
-    with _snapshot(index) as conn:
-        state = migrate.inspect(conn)
-        for table in tables():
-            data, count = _dump_table(conn, table)
-            dumps[table.name] = data
-            report.rows[table.name] = count
-        for t in (instance, instance_version):
-            referenced += [(r[0], r[1]) for r in conn.execute(sa.select(t.c.object_key, t.c.object_sha256).order_by(t.c.pk))]
-    report.objects = len(referenced)
-
-    # 2. The objects, those not already there.
     catalogue: list[dict[str, Any]] = []
-    key_ids: set[str] = set()
-    for done, (key, plain_sha256) in enumerate(referenced, start=1):
+    for done, (key, plain_sha256) in enumerate(snapshot.referenced, start=1):
         try:
-            entry = _export_object(raw, dest, key, plain_sha256, previous.get(key), report)
+            catalogue.append(_export_object(raw, dest, key, plain_sha256, previous.get(key), report))
         except ArchiveError as exc:
             report.errors.append(f"object {key}: {exc}")
-            entry = None
-        if entry is not None:
-            catalogue.append(entry)
-            if entry["key_id"]:
-                key_ids.add(entry["key_id"])
         if progress is not None:
-            progress("objects", done, len(referenced))
+            progress("objects", done, len(snapshot.referenced))
     if report.errors:
         return report  # no manifest: an incomplete export
+    report.manifest = write_export(dest, index, snapshot, catalogue, created=created, filmless_version=filmless_version)
+    return report
 
-    # 3. The dumps, the catalogue, the README, and last the manifest.
+
+@dataclass
+class IndexSnapshot:
+    """The index dumped from one snapshot."""
+
+    dumps: dict[str, bytes]
+    rows: dict[str, int]
+    referenced: list[tuple[str, str]]
+    """(object key, sha256 of the plaintext) of every object the dump references."""
+    revision: str | None
+
+
+def dump_index(index: Index) -> IndexSnapshot:
+    dumps: dict[str, bytes] = {}
+    rows: dict[str, int] = {}
+    referenced: list[tuple[str, str]] = []
+    with _snapshot(index) as conn:
+        revision = migrate.inspect(conn).revision
+        for table in tables():
+            dumps[table.name], rows[table.name] = _dump_table(conn, table)
+        for t in (instance, instance_version):
+            referenced += [(r[0], r[1]) for r in conn.execute(sa.select(t.c.object_key, t.c.object_sha256).order_by(t.c.pk))]
+    return IndexSnapshot(dumps, rows, referenced, revision)
+
+
+def write_export(
+    dest: ObjectStore,
+    index: Index,
+    snapshot: IndexSnapshot,
+    catalogue: list[dict[str, Any]],
+    *,
+    created: datetime,
+    filmless_version: str = "",
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write the dumps, the catalogue, the README and, last, the manifest; return the manifest."""
     files: dict[str, dict[str, Any]] = {}
-    for name, data in dumps.items():
+    for name, data in snapshot.dumps.items():
         path = f"index/{name}.jsonl"
         dest.put(path, data)
-        files[path] = {"rows": report.rows[name], "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        files[path] = {"rows": snapshot.rows[name], "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     data = b"".join(json.dumps(e, separators=(",", ":")).encode() + b"\n" for e in catalogue)
     dest.put(CATALOGUE, data)
     files[CATALOGUE] = {"rows": len(catalogue), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     dest.put(README, _README.encode())
+    key_ids = sorted({e["key_id"] for e in catalogue if e.get("key_id")})
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "filmless_version": filmless_version,
         "schema_version": SCHEMA_VERSION,
-        "alembic_revision": state.revision,
+        "alembic_revision": snapshot.revision,
         "source_database": index.engine.dialect.name,
         "created": created.isoformat(),
         "completed": datetime.now(timezone.utc).isoformat(),
         "host": platform.node(),
         "tables": [t.name for t in tables()],
-        "counts": {**report.rows, "objects": len(catalogue)},
+        "counts": {**snapshot.rows, "objects": len(catalogue)},
         "object_bytes": sum(int(e["size"]) for e in catalogue),
-        "encryption": {"encrypted": bool(key_ids), "key_ids": sorted(key_ids)},
+        "encryption": {"encrypted": bool(key_ids), "key_ids": key_ids},
         "files": files,
+        **(extra or {}),
     }
     dest.put(MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False).encode() + b"\n")
-    report.manifest = manifest
-    return report
+    return manifest
 
 
 def _read_catalogue(dest: ObjectStore) -> dict[str, dict[str, Any]]:
@@ -289,7 +310,7 @@ def _export_object(
         return previous
     data = raw.read(key)
     digest = hashlib.sha256(data).hexdigest()
-    key_id = _key_id(data)
+    key_id = stored_key_id(data)
     if key_id is None and digest != plain_sha256:
         raise ExportError("does not match its sha256 in the index (corrupt in the store; run filmless verify)")
     dest.put(target, data)

@@ -4,7 +4,7 @@ Four levels (patient / study / series / instance) carry the attributes C-FIND an
 need (PS3.4 C.6.1.1 and C.6.2.1: required, unique and common optional keys). Text is stored
 normalised to Unicode NFC; person names also as an accent-folded ``*_folded`` search key.
 Around them: prior object versions, the background compression queue, an outbox of objects to
-delete, the AE registry and the audit log.
+delete, the AE registry and the audit log; the replication queue (schema version 3).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from sqlalchemy import (
     true,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The version of the schema below. Changing the schema means a new alembic revision in
 ``storage/index/migrations/versions`` that makes this version (see that package)."""
 
@@ -244,3 +244,24 @@ audit_event = Table(
 )
 Index("ix_audit_at", audit_event.c.at)
 Index("ix_audit_study", audit_event.c.study_instance_uid)
+
+# Replication of the objects to a second store (schema version 3; storage/replication.py): one
+# row per (target, object), pending until copied (done_at), retried with back-off on failure.
+replication_job = Table(
+    "replication_job",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("target", String(200), nullable=False),
+    Column("object_key", String(200), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("claimed_until", DateTime(timezone=True)),
+    Column("last_error", String(400)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("done_at", DateTime(timezone=True)),
+    # The object's bytes as replicated (still encrypted under client-side encryption).
+    Column("size", BigInteger),
+    Column("sha256", String(64)),
+    Column("key_id", String(64)),
+    UniqueConstraint("target", "object_key"),
+)
+Index("ix_replication_job_pending", replication_job.c.target, replication_job.c.done_at)

@@ -62,3 +62,27 @@ def test_export_restore_verify(tmp_path: Path, synthetic_data: Synthetic) -> Non
     (dest / "manifest.json").unlink()  # as an interrupted export leaves it
     incomplete = run_cli("restore", str(dest), "--data", str(tmp_path / "other"))
     assert incomplete.returncode == 1 and "no manifest" in incomplete.stderr
+
+
+def test_replication_run_and_status(tmp_path: Path, synthetic_data: Synthetic) -> None:
+    source, replica, restored = tmp_path / "source", tmp_path / "site b", tmp_path / "restored"
+    files = synthetic_data.ct(910, slices=3, size=64)
+    assert run_cli("import", "--data", str(source), *(str(p) for p in files)).returncode == 0
+
+    status = run_cli("replication", "status", "--json", "--data", str(source))
+    assert status.returncode == 0 and json.loads(status.stdout) == []
+    result = run_cli("replication", "run", str(replica), "--once", "--data", str(source))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{len(files)} copied" in result.stdout and "snapshot written" in result.stdout
+    status = run_cli("replication", "status", "--json", "--data", str(source))
+    assert status.returncode == 0, status.stderr
+    (state,) = json.loads(status.stdout)
+    assert state["target"] == str(replica.resolve())
+    assert state["replicated"] == len(files) and state["pending"] == 0 and state["in_sync"]
+    table = run_cli("replication", "status", "--data", str(source))
+    assert table.returncode == 0 and "replicated objects" in table.stdout and "in sync" in table.stdout
+
+    result = run_cli("restore", str(replica), "--data", str(restored))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert_verify_ok(restored)
+    assert IndexView(restored).instances() == IndexView(source).instances()
