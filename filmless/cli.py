@@ -17,7 +17,7 @@ from storage.errors import IndexUnavailable
 _COMMON = (
     "data", "index", "storage", "log_level",
     "s3_endpoint", "s3_access_key", "s3_region", "s3_secure", "s3_path_style",
-    "s3_sse", "s3_sse_kms_key_id", "s3_part_size",
+    "s3_sse", "s3_sse_kms_key_id", "s3_part_size", "spool",
 )
 # Secrets: environment or settings file only, since a command line is visible to every user (ps).
 _NOT_ON_COMMAND_LINE = ("s3_secret_key", "storage_encryption_keys")
@@ -107,6 +107,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings(p, _COMMON + ("compression", "max_object_size"))
 
     p = sub.add_parser("verify", help="Re-read every stored object and check it against the index")
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="Remove what a crash left behind: objects no index row references and partial "
+        "(temporary) files, if older than --min-age; never an object an index row references",
+    )
+    p.add_argument(
+        "--min-age",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="With --repair: leave younger orphans and temporary files alone, since a store may "
+        "still be under way (default: 3600; 0 only while nothing is being stored)",
+    )
     _add_settings(p, _COMMON)
 
     p = sub.add_parser("stats", help="Counts and bytes received vs stored, per modality")

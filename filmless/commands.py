@@ -18,6 +18,7 @@ from storage.errors import ArchiveError
 from storage.index import ApplicationEntity
 from storage.index.repository import SERVICES
 from storage.ingest import CompressionMode
+from storage.objects.spool import spool_usage
 from storage.verify import verify as verify_archive
 
 err = Console(stderr=True)
@@ -71,6 +72,14 @@ def import_(settings: Settings, args: argparse.Namespace) -> int:
         # soft_wrap: one line per file, never folded at the console width (80 columns when
         # the output is not a terminal), so the name can be read back by scripts.
         out.print(f"[red]rejected[/red] {name}: {reason}", highlight=False, soft_wrap=True)
+    spooled = spool_usage(settings.spool_path / "objects")
+    if spooled.objects:
+        out.print(
+            f"[yellow]{spooled.objects} objects are spooled under {settings.spool_path}[/yellow] (the object "
+            "store failed): `filmless serve` on this data folder uploads them when it answers",
+            highlight=False,
+            soft_wrap=True,
+        )
     archive.close()
     return 1 if summary.rejected else 0
 
@@ -95,8 +104,19 @@ def _drain_compression(archive: Archive) -> None:
 
 def verify(settings: Settings, args: argparse.Namespace) -> int:
     archive = _archive(settings)
-    report = verify_archive(archive.index, archive.store)
+    repair = bool(getattr(args, "repair", False))
+    report = verify_archive(archive.index, archive.store, repair=repair, min_age=float(getattr(args, "min_age", 3600.0)))
     out.print(f"checked {report.checked} objects", highlight=False)
+    spooled = spool_usage(settings.spool_path / "objects")
+    if spooled.objects:
+        out.print(
+            f"{spooled.objects} objects ({_bytes(spooled.bytes)}) are spooled on local disk, waiting for upload",
+            highlight=False,
+        )
+    for item in report.removed:
+        out.print(f"[yellow]removed[/yellow]: {item}", highlight=False, soft_wrap=True)
+    for item in report.temporaries:
+        out.print(f"temporary: {item} (a write in progress, or cut short by a crash)", highlight=False, soft_wrap=True)
     for title, items in (
         ("missing", report.missing),
         ("corrupt", report.corrupt),
@@ -121,6 +141,8 @@ def stats(settings: Settings, args: argparse.Namespace) -> int:
     data = archive.index.stats()
     archive.close()
     data["saving_ratio"] = round(data["received_bytes"] / data["stored_bytes"], 3) if data["stored_bytes"] else None
+    spooled = spool_usage(settings.spool_path / "objects")
+    data["spooled"] = {"objects": spooled.objects, "bytes": spooled.bytes}
     if args.json:
         print(json.dumps(data))
         return 0
@@ -132,6 +154,8 @@ def stats(settings: Settings, args: argparse.Namespace) -> int:
     table.add_row("received", _bytes(data["received_bytes"]))
     table.add_row("stored", _bytes(data["stored_bytes"]))
     table.add_row("received / stored", f"{data['saving_ratio']}x" if data["saving_ratio"] else "-")
+    if spooled.objects:
+        table.add_row("spooled, awaiting upload", f"{spooled.objects:,} ({_bytes(spooled.bytes)})")
     out.print(table)
     if data["by_modality"]:
         mt = Table(title="per modality")

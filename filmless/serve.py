@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
-from filmless.bootstrap import Archive, build_archive, check_object_store, configure_logging
+from filmless.bootstrap import Archive, build_archive, check_object_store, configure_logging, start_spool_uploader
 from filmless.settings import Settings
 from storage.errors import ObjectStoreError
 from storage.ingest import CompressionMode
@@ -239,6 +239,8 @@ def serve(settings: Settings) -> int:
     )
     dicom_servers: list[DicomServer] = []
     workers: list[BaseProcess] = []
+    # What the object store failed to take waits in the spool; it goes up from here.
+    uploader = start_spool_uploader(archive) if run_dicom else None
     try:
         if run_dicom:
             dicom_servers = start_dicom_servers(archive, tls_context, reuse_port=settings.dicom_processes > 1)
@@ -268,5 +270,7 @@ def serve(settings: Settings) -> int:
         for server in dicom_servers:
             server.shutdown()
         stop_workers(workers)
+        if uploader is not None:
+            uploader.close()
         archive.close()
     return 0

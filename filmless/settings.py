@@ -136,6 +136,13 @@ class Settings(BaseSettings):
         "with 32-byte keys (openssl rand -base64 32); the first encrypts new objects, all of them "
         "decrypt (key rotation). Environment or settings file only; losing the keys loses the images.",
     )
+    spool: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="When the object store fails to store an object, keep it durably on local disk "
+        "(<data>/spool), acknowledge it, and upload it when the store answers again (retried with "
+        "back-off, also after a restart). auto: on for s3:// storage, off for file://; off: a "
+        "failing store fails the C-STORE, so the sender retries.",
+    )
     ae_title: str = Field("FILMLESS", min_length=1, max_length=16, description="Our DICOM AE title.")
     dicom_host: str = Field("0.0.0.0", description="Address the DICOM port listens on.")
     dicom_port: int = Field(11112, ge=0, le=65535, description="DICOM (DIMSE) port.")
@@ -258,6 +265,16 @@ class Settings(BaseSettings):
     @property
     def storage_url(self) -> str:
         return self.storage or f"file://{(self.data / 'objects').resolve()}"
+
+    @property
+    def spool_path(self) -> Path:
+        """Where objects wait when the object store fails (see ``spool``)."""
+        return self.data / "spool"
+
+    @property
+    def spool_enabled(self) -> bool:
+        """Whether objects the object store fails to take are spooled (``spool``, resolved)."""
+        return self.spool == "on" or (self.spool == "auto" and not self.storage_url.startswith("file:"))
 
     @classmethod
     def settings_customise_sources(

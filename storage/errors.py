@@ -23,6 +23,12 @@ class ObjectNotFound(ObjectStoreError):
     """No object is stored under that key."""
 
 
+class ObjectStoreUnreachable(ObjectStoreError):
+    """The object store did not answer, or answered that it cannot serve now (connection
+    refused or lost, timeout, HTTP 5xx): worth retrying later, unlike a configuration error
+    (a missing bucket, refused credentials)."""
+
+
 # --- the index --------------------------------------------------------------------------------
 class IndexUnavailable(ArchiveError):
     """The metadata index failed (database unreachable, locked, corrupt)."""

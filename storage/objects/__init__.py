@@ -48,4 +48,18 @@ class ObjectStore(Protocol):
         """Every key in the store (for verification and export)."""
 
 
-__all__ = ["LocalObjectStore", "MemoryObjectStore", "ObjectStore", "new_key"]
+def layers(store: object) -> Iterator[object]:
+    """``store`` and every store inside it, outermost first. Wrappers name the store they wrap
+    ``inner`` (encryption, spooling); a spooling store names its local disk store ``spool``.
+    Optional abilities (``sweep_temporaries``, ``modified``, ``check_bucket``) are found here."""
+    pending, seen = [store], set()
+    while pending:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        pending += [child for child in (getattr(current, "inner", None), getattr(current, "spool", None)) if child is not None]
+
+
+__all__ = ["LocalObjectStore", "MemoryObjectStore", "ObjectStore", "layers", "new_key"]

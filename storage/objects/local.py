@@ -39,8 +39,7 @@ class LocalObjectStore:
         path = self._path(key)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.{time.monotonic_ns()}{_TMP_SUFFIX}")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            fd = self._create(tmp)
             try:
                 view = memoryview(data)
                 while view:
@@ -59,6 +58,19 @@ class LocalObjectStore:
             except OSError:
                 pass
             raise ObjectStoreError(f"cannot write object: {exc.strerror or exc}") from exc
+
+    @staticmethod
+    def _create(tmp: Path) -> int:
+        """Create the temporary file, and its directories; a delete that removes a directory
+        just emptied (see :meth:`_prune`) between the two makes the creation try again."""
+        for attempt in range(5):
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            except FileNotFoundError:
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
 
     def open(self, key: str) -> BinaryIO:
         try:
@@ -84,13 +96,22 @@ class LocalObjectStore:
                 raise ObjectStoreError(f"cannot read object: {exc.strerror}") from exc
 
     def delete(self, key: str) -> None:
+        self.remove(key)
+
+    def remove(self, key: str) -> bool:
+        """Delete the object; return whether it was there (False: someone removed it first)."""
         path = self._path(key)
         try:
             path.unlink()
         except FileNotFoundError:
-            return
+            return False
         except OSError as exc:
             raise ObjectStoreError(f"cannot delete object: {exc.strerror}") from exc
+        self._prune(path)
+        return True
+
+    def _prune(self, path: Path) -> None:
+        """Remove the object's fan-out directories once empty."""
         for parent in (path.parent, path.parent.parent):
             try:
                 parent.rmdir()
@@ -101,6 +122,15 @@ class LocalObjectStore:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    def modified(self, key: str) -> float:
+        """When the object was last written (seconds since the epoch)."""
+        try:
+            return self._path(key).stat().st_mtime
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(key) from exc
+        except OSError as exc:
+            raise ObjectStoreError(f"cannot look up object: {exc.strerror}") from exc
+
     def keys(self) -> Iterator[str]:
         for dirpath, _dirnames, filenames in os.walk(self.root):
             for name in filenames:
@@ -108,6 +138,13 @@ class LocalObjectStore:
                     continue
                 full = Path(dirpath, name)
                 yield full.relative_to(self.root).as_posix()
+
+    def temporaries(self) -> list[str]:
+        """Temporary files of writes in progress or cut short by a crash (paths under the root)."""
+        found: list[str] = []
+        for dirpath, _dirnames, filenames in os.walk(self.root):
+            found += [Path(dirpath, name).relative_to(self.root).as_posix() for name in filenames if name.endswith(_TMP_SUFFIX)]
+        return found
 
     def sweep_temporaries(self, min_age: float = 3600.0) -> int:
         """Remove temporary files a crash left behind (older than ``min_age`` seconds, so that

@@ -26,13 +26,17 @@ from minio.error import InvalidResponseError, MinioException, S3Error, ServerErr
 from minio.sse import Sse, SseKMS, SseS3
 from urllib3.util import Retry, Timeout
 
-from storage.errors import ObjectNotFound, ObjectStoreError
+from storage.errors import ObjectNotFound, ObjectStoreError, ObjectStoreUnreachable
 
 MIN_PART_SIZE = 5 * 1024**2
 """S3's smallest multipart part (every part but the last)."""
 MAX_PART_SIZE = 5 * 1024**3
 
 _NOT_FOUND = frozenset({"NoSuchKey", "NoSuchObject", "NoSuchVersion"})
+# Error codes of a server that cannot serve now (overloaded, starting, failing): retry later.
+_UNAVAILABLE = frozenset(
+    {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "XMinioServerNotInitialized"}
+)
 SSE_MODES = ("none", "AES256", "aws:kms")
 """``x-amz-server-side-encryption`` values passed through: none, SSE-S3, SSE-KMS."""
 
@@ -217,6 +221,15 @@ class S3ObjectStore:
             _raise(exc, key, "look up")
         return int(stat.size or 0)
 
+    def modified(self, key: str) -> float:
+        """When the object was last written (seconds since the epoch; a HEAD request)."""
+        name = self._name(key)
+        try:
+            stat = self._client.stat_object(self.bucket, name)
+        except Exception as exc:  # noqa: BLE001
+            _raise(exc, key, "look up")
+        return stat.last_modified.timestamp() if stat.last_modified is not None else 0.0
+
     def server_side_encryption(self, key: str) -> str | None:
         """The ``x-amz-server-side-encryption`` the server reports for the object (or None)."""
         name = self._name(key)
@@ -298,11 +311,18 @@ def _raise(exc: Exception, key: str | None, action: str) -> NoReturn:
             raise ObjectNotFound(key) from exc
         if exc.code == "NoSuchBucket":
             raise ObjectStoreError(f"cannot {action} {what}: the S3 bucket does not exist") from exc
-        raise ObjectStoreError(f"cannot {action} {what}: S3 error {exc.code}: {exc.message}") from exc
-    if isinstance(exc, (ServerError, InvalidResponseError)):
-        raise ObjectStoreError(f"cannot {action} {what}: S3 server answered {exc}") from exc
+        status = getattr(exc.response, "status", 0) or 0
+        kind = ObjectStoreUnreachable if exc.code in _UNAVAILABLE or status >= 500 else ObjectStoreError
+        raise kind(f"cannot {action} {what}: S3 error {exc.code}: {exc.message}") from exc
+    if isinstance(exc, ServerError):
+        raise ObjectStoreUnreachable(f"cannot {action} {what}: S3 server answered {exc}") from exc
+    if isinstance(exc, InvalidResponseError):
+        kind = ObjectStoreUnreachable if int(getattr(exc, "_code", 0) or 0) >= 500 else ObjectStoreError
+        raise kind(f"cannot {action} {what}: S3 server answered {exc}") from exc
     if isinstance(exc, (urllib3.exceptions.HTTPError, OSError)):
-        raise ObjectStoreError(f"cannot {action} {what}: S3 server unreachable: {type(exc).__name__}") from exc
+        raise ObjectStoreUnreachable(
+            f"cannot {action} {what}: S3 server unreachable: {type(exc).__name__}"
+        ) from exc
     if isinstance(exc, (MinioException, ValueError)):
         raise ObjectStoreError(f"cannot {action} {what}: {exc}") from exc
     raise exc
