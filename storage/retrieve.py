@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from io import BytesIO
+from typing import Any
 
 import numpy as np
 from pydicom import dcmread
@@ -69,22 +70,11 @@ class Retriever:
         self.index = index
         self.store = store
 
-    def locate(
-        self,
-        *,
-        patient_id: str | None = None,
-        study_uids: Sequence[str] = (),
-        series_uids: Sequence[str] = (),
-        sop_instance_uids: Sequence[str] = (),
-        limit: int | None = None,
-    ) -> list[RetrievableInstance]:
-        return self.index.retrievable(
-            patient_id=patient_id,
-            study_uids=study_uids,
-            series_uids=series_uids,
-            sop_instance_uids=sop_instance_uids,
-            limit=limit,
-        )
+    def locate(self, **keys: Any) -> list[RetrievableInstance]:
+        """The current instances under the given entities: the keyword arguments of
+        :meth:`storage.index.Index.retrievable` (patient_id, study_uids, series_uids,
+        sop_instance_uids, limit)."""
+        return self.index.retrievable(**keys)
 
     def read(self, item: RetrievableInstance) -> bytes:
         """The stored object's bytes, checked against the index's sha256."""
