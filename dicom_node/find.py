@@ -26,7 +26,7 @@ from pydicom.uid import UID
 from pynetdicom.events import Event
 
 from dicom_node.access import NotAuthorized, Peer, require
-from dicom_node.status import QRStatus as Status, error_comment
+from dicom_node.status import QRStatus as Status, failure_response
 from storage.errors import ArchiveError
 from storage.index import Index
 from storage.query import (
@@ -95,14 +95,14 @@ class FindService:
         try:
             peer = require(event.assoc, "find")
         except NotAuthorized as exc:
-            yield _failure(Status.NOT_AUTHORIZED, exc), None
+            yield failure_response(Status.NOT_AUTHORIZED, exc), None
             return
         audit: dict[str, Any] = {"model": sop_class}
         model = MODELS.get(sop_class)
         if model is None:
             log.warning("C-FIND for unsupported SOP class %s from %s", sop_class, peer.ae_title)
             self._audit(peer, "failure", audit, "SOP class not supported")
-            yield _failure(Status.SOP_CLASS_NOT_SUPPORTED, ValueError("SOP class not supported")), None
+            yield failure_response(Status.SOP_CLASS_NOT_SUPPORTED, ValueError("SOP class not supported")), None
             return
         try:
             identifier = event.identifier
@@ -123,17 +123,17 @@ class FindService:
             )
             log.warning("C-FIND from %s@%s refused (%s): %s", peer.ae_title, peer.host, status.name, exc.reason)
             self._audit(peer, "failure", audit, exc.reason)
-            yield _failure(status, exc, offending=exc.tag), None
+            yield failure_response(status, exc, offending=exc.tag), None
             return
         except ArchiveError as exc:
             log.error("C-FIND from %s@%s failed: %s", peer.ae_title, peer.host, exc)
             self._audit(peer, "failure", audit, str(exc))
-            yield _failure(Status.OUT_OF_RESOURCES, exc), None
+            yield failure_response(Status.OUT_OF_RESOURCES, exc), None
             return
         except Exception as exc:  # noqa: BLE001 - a bad identifier or a bug: answer, never hang
             log.exception("C-FIND from %s@%s failed unexpectedly", peer.ae_title, peer.host)
             self._audit(peer, "failure", audit, f"{type(exc).__name__}: {exc}")
-            yield _failure(Status.UNABLE_TO_PROCESS, exc), None
+            yield failure_response(Status.UNABLE_TO_PROCESS, exc), None
             return
 
         pending = PENDING_WARNING if any("not matched" in i.reason for i in query.ignored) else PENDING
@@ -153,7 +153,7 @@ class FindService:
             reason = f"more than {limit} matches: the first {limit} were sent; narrow the query"
             log.warning("C-FIND from %s@%s: %s", peer.ae_title, peer.host, reason)
             self._audit(peer, "truncated", audit, reason, matches=sent, started=started)
-            yield _failure(Status.OUT_OF_RESOURCES, ValueError(reason)), None
+            yield failure_response(Status.OUT_OF_RESOURCES, ValueError(reason)), None
             return
         self._audit(peer, "success", audit, None, matches=sent, started=started)
         yield int(Status.SUCCESS), None
@@ -205,12 +205,3 @@ def _ascii(response: Dataset) -> Dataset:
                 elem.value = transliterate(str(elem.value))
         out.add(elem)
     return out
-
-
-def _failure(status: Status, exc: BaseException, *, offending: int | None = None) -> Dataset:
-    rsp = Dataset()
-    rsp.Status = int(status)
-    rsp.ErrorComment = error_comment(exc)
-    if offending is not None:
-        rsp.OffendingElement = [offending]
-    return rsp

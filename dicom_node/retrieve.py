@@ -280,20 +280,21 @@ class RetrieveService:
     ) -> None:
         progress = op.start(len(items))
         msg_id = op.message_id
-        for item in items:
+        # The contexts are fixed once the association is up: which syntaxes each SOP class may use.
+        accepted_by_class: dict[str, list[str]] = {}
+        for cx in target.accepted_contexts:
+            if usable(cx):
+                accepted_by_class.setdefault(str(cx.abstract_syntax), []).append(str(cx.transfer_syntax[0]))
+        for position, item in enumerate(items):
             if op.cancelled():
                 op.final(QRStatus.CANCEL, failed_list=True)
                 return
             if not target.is_established:
-                for rest in items[items.index(item) :]:
+                for rest in items[position:]:
                     progress.fail(rest.sop_instance_uid)
                 log.error("the receiving association ended; %d sub-operation(s) not performed", progress.failed)
                 break
-            accepted = [
-                str(cx.transfer_syntax[0])
-                for cx in target.accepted_contexts
-                if str(cx.abstract_syntax) == item.sop_class_uid and usable(cx)
-            ]
+            accepted = accepted_by_class.get(item.sop_class_uid, [])
             msg_id = msg_id % 65535 + 1
             try:
                 if not accepted:

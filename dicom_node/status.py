@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import enum
 
+from pydicom.dataset import Dataset
+
 from storage.errors import (
     ArchiveError,
     IndexUnavailable,
@@ -77,3 +79,14 @@ def error_comment(exc: BaseException) -> str:
     # LO excludes control characters and the value separator "\\" (PS3.5 6.2).
     text = " ".join(text.replace("\\", "/").split())
     return text.encode("ascii", "replace").decode("ascii")[:64]
+
+
+def failure_response(status: int, exc: BaseException, *, offending: int | None = None) -> Dataset:
+    """The status dataset a handler returns for a failure: Status, Error Comment and, when
+    one attribute is at fault, Offending Element."""
+    rsp = Dataset()
+    rsp.Status = int(status)
+    rsp.ErrorComment = error_comment(exc)
+    if offending is not None:
+        rsp.OffendingElement = [offending]
+    return rsp

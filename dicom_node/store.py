@@ -10,7 +10,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
 from dicom_node.access import NotAuthorized, require
-from dicom_node.status import Status, error_comment, status_for
+from dicom_node.status import Status, failure_response, status_for
 from storage.errors import ArchiveError, RejectedInstance, SOPClassMismatch
 from storage.index import Source
 from storage.ingest import Ingest, Received
@@ -27,7 +27,7 @@ def handle_store(event: Event, ingest: Ingest) -> Dataset | int:
     try:
         require(assoc, "store")
     except NotAuthorized as exc:
-        return _failure(Status.NOT_AUTHORIZED, exc)
+        return failure_response(Status.NOT_AUTHORIZED, exc)
     try:
         data = request.DataSet.getvalue() if request.DataSet is not None else b""
         negotiated = str(event.context.abstract_syntax)
@@ -53,18 +53,11 @@ def handle_store(event: Event, ingest: Ingest) -> Dataset | int:
             status,
             exc.reason,
         )
-        return _failure(status, exc)
+        return failure_response(status, exc)
     except ArchiveError as exc:
         status = status_for(exc)
         log.error("C-STORE from %s@%s failed (%s): %s", calling, host, status.name, exc)
-        return _failure(status, exc)
+        return failure_response(status, exc)
     except Exception as exc:  # noqa: BLE001 - never let a bug become an unanswered request
         log.exception("C-STORE from %s@%s failed unexpectedly", calling, host)
-        return _failure(Status.PROCESSING_FAILURE, exc)
-
-
-def _failure(status: Status, exc: BaseException) -> Dataset:
-    rsp = Dataset()
-    rsp.Status = int(status)
-    rsp.ErrorComment = error_comment(exc)
-    return rsp
+        return failure_response(Status.PROCESSING_FAILURE, exc)

@@ -23,7 +23,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from tests.e2e.support import IndexView, storescu_results
 from tests.object_stores import MinioServer
-from tests.peers import LOOPBACK, FilmlessServer, filmless_command, peer_env, storescu_command
+from tests.peers import LOOPBACK, FilmlessServer, peer_env, storescu_command
 
 
 class BackgroundStoreSCU:
@@ -186,18 +186,3 @@ def spooled_files(data_dir: Path) -> list[Path]:
     """The objects waiting in ``<data>/spool`` (temporary files of writes in progress excluded)."""
     root = Path(data_dir) / "spool" / "objects"
     return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.endswith(".tmp")) if root.exists() else []
-
-
-def cli(env: dict[str, str], *args: str, timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
-    """``filmless ARGS...`` with extra environment (the S3 settings and secret)."""
-    full = peer_env({"PYTHONUNBUFFERED": "1", **env})
-    full.pop("COLUMNS", None)
-    return subprocess.run(
-        [*filmless_command(), *args],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        errors="replace",
-        env=full,
-        timeout=timeout,
-    )

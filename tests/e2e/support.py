@@ -137,17 +137,20 @@ def copy_with_new_uids(src: Path, dst: Path) -> Path:
 # ----------------------------------------------------------------------------- the CLI
 
 
-def run_cli(*args: str, timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
-    """Run ``filmless ARGS...`` and capture its output (never raises on a non-zero exit)."""
-    env = peer_env({"PYTHONUNBUFFERED": "1"})
-    env.pop("COLUMNS", None)  # as in scripts: output is not a terminal, rich assumes 80 columns
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300.0
+) -> subprocess.CompletedProcess[str]:
+    """Run ``filmless ARGS...`` (with ``env`` added to the environment, e.g. the S3 settings)
+    and capture its output (never raises on a non-zero exit)."""
+    full = peer_env({"PYTHONUNBUFFERED": "1", **(env or {})})
+    full.pop("COLUMNS", None)  # as in scripts: output is not a terminal, rich assumes 80 columns
     return subprocess.run(
         [*filmless_command(), *args],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         errors="replace",
-        env=env,
+        env=full,
         timeout=timeout,
     )
 

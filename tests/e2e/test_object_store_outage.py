@@ -25,13 +25,12 @@ from tests.e2e.faults import (
     bucket_objects,
     c_find_instances,
     c_get_study,
-    cli,
     indexed_objects,
     pending_deletions,
     spooled_files,
     wait_until,
 )
-from tests.e2e.support import IndexView, StartFilmless, Synthetic, sop_instance_uid, storescu_results
+from tests.e2e.support import IndexView, StartFilmless, Synthetic, run_cli, sop_instance_uid, storescu_results
 from tests.object_stores import MinioServer
 from tests.peers import LOOPBACK, FilmlessServer, run_storescu
 
@@ -76,7 +75,7 @@ def _assert_bucket_holds_the_archive(minio: MinioServer, server: FilmlessServer,
     `filmless verify` agrees (nothing missing, corrupt or orphaned)."""
     indexed = indexed_objects(IndexView(server.data_dir))
     assert bucket_objects(minio, BUCKET, prefix) == indexed
-    verified = cli(env, "verify", "--data", str(server.data_dir), "--storage", storage)
+    verified = run_cli("verify", "--data", str(server.data_dir), "--storage", storage, env=env)
     assert verified.returncode == 0, f"filmless verify failed:\n{verified.stdout}\n{verified.stderr}"
 
 
@@ -156,11 +155,11 @@ def test_without_spooling_c_stores_fail_cleanly_and_the_retry_stores_them(
         _wait_settled(server)
         # A PUT that reached MinIO just before it died, whose answer never came back, leaves an
         # object no index row references (its C-STORE failed): verify names it, --repair removes it.
-        report = cli(env, "verify", "--data", str(server.data_dir), "--storage", storage)
+        report = run_cli("verify", "--data", str(server.data_dir), "--storage", storage, env=env)
         orphans = [line for line in report.stdout.splitlines() if line.startswith("orphan")]
         assert len(orphans) <= 1, report.stdout
         if orphans:
-            repaired = cli(env, "verify", "--repair", "--min-age", "0", "--data", str(server.data_dir), "--storage", storage)
+            repaired = run_cli("verify", "--repair", "--min-age", "0", "--data", str(server.data_dir), "--storage", storage, env=env)
             assert repaired.returncode == 0, repaired.stdout + repaired.stderr
         _assert_bucket_holds_the_archive(minio, server, prefix, storage, env)
         print(f"\nspooling off: {len(acknowledged)} acknowledged, then C-STOREs failed until MinIO was back; {len(orphans)} orphans")

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import base64
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.support import (
+    run_cli,
     JPEG_LS_LOSSLESS,
     IndexView,
     StartFilmless,
@@ -23,7 +23,7 @@ from tests.e2e.support import (
     sop_instance_uid,
 )
 from tests.object_stores import MinioServer
-from tests.peers import LOOPBACK, filmless_command, free_port, peer_env, run_storescu
+from tests.peers import LOOPBACK, free_port, run_storescu
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -44,18 +44,6 @@ def _download(minio: MinioServer, name: str) -> bytes:
     finally:
         response.close()
         response.release_conn()
-
-
-def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*filmless_command(), *args],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        errors="replace",
-        env=peer_env({"PYTHONUNBUFFERED": "1", **env}),
-        timeout=300,
-    )
 
 
 @pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "client-side-encrypted"])
@@ -100,14 +88,14 @@ def test_c_store_lands_in_the_bucket_and_verifies(
                 stored.write_bytes(raw)
                 assert_same_pixels(sent, stored)
 
-        verified = _cli(env, "verify", "--data", str(server.data_dir), "--storage", storage)
+        verified = run_cli("verify", "--data", str(server.data_dir), "--storage", storage, env=env)
         assert verified.returncode == 0, f"filmless verify failed:\n{verified.stdout}\n{verified.stderr}"
         assert minio.secret_key not in verified.stdout + verified.stderr
 
         # The same archive without the keys (or with others) cannot read what it stored.
         if encrypted:
             env_without = {k: v for k, v in env.items() if k != "FILMLESS_STORAGE_ENCRYPTION_KEYS"}
-            refused = _cli(env_without, "verify", "--data", str(server.data_dir), "--storage", storage)
+            refused = run_cli("verify", "--data", str(server.data_dir), "--storage", storage, env=env_without)
             assert refused.returncode != 0
 
 
@@ -119,9 +107,10 @@ def test_serve_refuses_an_unusable_bucket(minio: MinioServer, tmp_path: Path, pr
         storage = "s3://no-such-bucket/x"
     else:
         env["FILMLESS_S3_SECRET_KEY"] = "wrong-" + minio.secret_key
-    result = _cli(
-        env, "serve", "--data", str(tmp_path), "--storage", storage, "--dicom-host", LOOPBACK,
+    result = run_cli(
+        "serve", "--data", str(tmp_path), "--storage", storage, "--dicom-host", LOOPBACK,
         "--dicom-port", str(free_port()), "--http-host", LOOPBACK, "--http-port", str(free_port()),
+        env=env,
     )
     assert result.returncode == 1, result.stderr
     assert "object store" in result.stderr and storage in result.stderr

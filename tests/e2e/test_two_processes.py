@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 
-from tests.e2e.support import StartFilmless, Synthetic
+from tests.e2e.support import StartFilmless, Synthetic, run_cli
 from tests.object_stores import MinioServer
 from tests.peers import LOOPBACK, run_storescu
 from tests.postgres import PostgresServer, postgres_bindir
@@ -68,21 +68,6 @@ def test_same_study_from_two_senders_into_two_processes(
         in_bucket = {o.object_name for o in minio.client().list_objects(BUCKET, prefix="two/", recursive=True)}
         assert keys <= in_bucket
     # verify through the CLI with the same settings: every object present, no orphans
-    result = _verify(env, first.data_dir)
+    result = run_cli("verify", "--data", str(first.data_dir), env=env)
     assert result.returncode == 0, result.stdout + result.stderr
 
-
-def _verify(env: dict[str, str], data_dir: Path) -> Any:
-    import subprocess
-
-    from tests.peers import filmless_command, peer_env
-
-    return subprocess.run(
-        [*filmless_command(), "verify", "--data", str(data_dir)],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        errors="replace",
-        env=peer_env({"PYTHONUNBUFFERED": "1", **env}),
-        timeout=300,
-    )
