@@ -20,7 +20,7 @@ _COMMON = (
     "s3_sse", "s3_sse_kms_key_id", "s3_part_size", "spool",
 )
 # Secrets: environment or settings file only, since a command line is visible to every user (ps).
-_NOT_ON_COMMAND_LINE = ("s3_secret_key", "storage_encryption_keys")
+_NOT_ON_COMMAND_LINE = ("s3_secret_key", "storage_encryption_keys", "jwt_secret", "initial_admin_password")
 
 
 def _option(name: str) -> str:

@@ -229,6 +229,17 @@ def serve(settings: Settings) -> int:
     except ObjectStoreError as exc:
         archive.close()
         raise SystemExit(f"filmless: the object store {settings.storage_url} is not usable: {exc}") from exc
+    if run_api:
+        from storage.index.users import Users
+        from viewer_api.security import check_remote_access, ensure_initial_admin
+
+        users = Users(archive.index)
+        try:
+            ensure_initial_admin(users, settings)
+            check_remote_access(users, settings)
+        except BaseException:
+            archive.close()
+            raise
     if run_dicom and settings.accept_unknown_aes:
         log.warning("unknown calling AE titles are accepted (development default); set accept_unknown_aes=false in production")
     log.info(

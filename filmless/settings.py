@@ -9,6 +9,7 @@ command line > environment > settings file > defaults.
 from __future__ import annotations
 
 import contextvars
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -167,8 +168,50 @@ class Settings(BaseSettings):
         description="DICOM TLS clients must present a certificate signed by tls_ca_certificates "
         "(mutual authentication); off: server authentication only.",
     )
-    http_host: str = Field("0.0.0.0", description="Address the HTTP API listens on.")
+    http_host: str = Field(
+        "127.0.0.1",
+        description="Address the HTTP API listens on. Anything but a loopback address opens it to "
+        "the network, which filmless refuses while no user exists (see initial_admin_password).",
+    )
     http_port: int = Field(8080, ge=0, le=65535, description="HTTP API port.")
+    public_url: str | None = Field(
+        None,
+        description="The API's address as clients see it (e.g. https://pacs.hospital.vn behind a "
+        "reverse proxy), used in the links DICOMweb answers carry; default: the request's own.",
+    )
+    jwt_secret: SecretStr | None = Field(
+        None,
+        description="Key that signs access tokens (at least 32 characters); every API process of "
+        "one archive needs the same. Default: made once and kept in <data>/secrets/jwt.key.",
+    )
+    access_token_minutes: int = Field(
+        60, ge=1, le=24 * 60, description="Lifetime of the access tokens POST /api/token issues."
+    )
+    initial_admin_password: SecretStr | None = Field(
+        None,
+        description="When no user exists at start-up, create the user admin (role admin) with "
+        "this password (for containers; change it afterwards with `filmless user passwd`).",
+    )
+    oidc_issuer: str | None = Field(
+        None,
+        description="Accept bearer tokens of this external OpenID Connect issuer (e.g. a Keycloak "
+        "realm URL), checked against its JWKS.",
+    )
+    oidc_audience: str | None = Field(None, description="The audience (aud) OIDC tokens must carry.")
+    oidc_jwks_url: str | None = Field(
+        None, description="The issuer's JWKS URL; default: from its /.well-known/openid-configuration."
+    )
+    oidc_role_claim: str = Field(
+        "roles",
+        description="Claim of an OIDC token that holds the filmless role(s) (a dotted path, e.g. "
+        "realm_access.roles); the first known role wins.",
+    )
+    oidc_username_claim: str = Field("preferred_username", description="Claim of an OIDC token naming the user.")
+    max_upload_size: int = Field(
+        4 * 1024**3,
+        ge=1024,
+        description="Largest STOW-RS request body accepted (bytes); larger ones get 413.",
+    )
     accept_unknown_aes: bool = Field(
         True,
         description="Accept associations from AE titles not in the AE registry (logged with a "
@@ -207,7 +250,9 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     compression: CompressionSettings = Field(default_factory=CompressionSettings)  # type: ignore[arg-type]
 
-    @field_serializer("s3_secret_key", "storage_encryption_keys", when_used="json")
+    @field_serializer(
+        "s3_secret_key", "storage_encryption_keys", "jwt_secret", "initial_admin_password", when_used="json"
+    )
     def _secret(self, value: SecretStr | None, info: SerializationInfo) -> str | None:
         """Secrets are masked in JSON, except for :meth:`for_child_process`."""
         if value is None:
@@ -240,6 +285,8 @@ class Settings(BaseSettings):
             )
         if self.storage_encryption_keys is not None:
             parse_encryption_keys(self.storage_encryption_keys.get_secret_value())
+        if self.jwt_secret is not None and len(self.jwt_secret.get_secret_value()) < 32:
+            raise ValueError("jwt_secret must be at least 32 characters")
         if self.s3_sse == "aws:kms" and not self.s3_sse_kms_key_id:
             raise ValueError("s3_sse aws:kms needs s3_sse_kms_key_id")
         if self.dicom_tls_port:
@@ -267,6 +314,11 @@ class Settings(BaseSettings):
         return self.storage or f"file://{(self.data / 'objects').resolve()}"
 
     @property
+    def remote_http(self) -> bool:
+        """Whether the HTTP API listens beyond this machine (not only on loopback)."""
+        return not _is_loopback(self.http_host)
+
+    @property
     def spool_path(self) -> Path:
         """Where objects wait when the object store fails (see ``spool``)."""
         return self.data / "spool"
@@ -290,6 +342,15 @@ class Settings(BaseSettings):
         if config_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
         return tuple(sources)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load_settings(overrides: dict[str, Any] | None = None, config_file: Path | None = None) -> Settings:

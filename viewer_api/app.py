@@ -1,65 +1,65 @@
-"""The HTTP front door (FastAPI). For now: health and version."""
+"""The HTTP front door (FastAPI): health and version, the token endpoint, DICOMweb under
+/dicom-web, rendered images, the audit log and administration under /api.
+
+Every route that touches patient data authenticates and authorises through
+:func:`viewer_api.context.require` and writes the audit log; errors are problem+json
+(:mod:`viewer_api.errors`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse
 
 import filmless
 from filmless.bootstrap import Archive
 from storage.errors import ObjectStoreUnreachable
-from viewer_api import errors
+from storage.retrieve import Retriever
+from viewer_api import admin_routes, audit_routes, auth_routes, errors
+from viewer_api.audit import AuditTrail
+from viewer_api.context import Web
+from viewer_api.dicomweb import qido, rendered, stow, wado, wado_uri
+from viewer_api.security import Security
+
+DICOMWEB_PREFIX = "/dicom-web"
 
 
 def create_app(archive: Archive) -> FastAPI:
+    web = Web(
+        archive=archive,
+        security=Security(archive.index, archive.settings),
+        audit=AuditTrail(archive.index),
+        retriever=Retriever(archive.index, archive.store),
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        web.close()
+
     app = FastAPI(
         title="filmless",
         version=filmless.__version__,
-        description="filmless PACS/RIS HTTP API",
+        description="filmless PACS/RIS HTTP API: DICOMweb (QIDO-RS, WADO-RS, STOW-RS, WADO-URI), "
+        "rendered images and thumbnails, users, audit log.",
+        lifespan=lifespan,
     )
+    app.state.web = web
     errors.install(app)
+    # JSON (QIDO, metadata, problems) compresses ~10x; DICOM and image bodies are left alone
+    # (GZipMiddleware skips responses that are already encoded or small).
+    app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=5)
 
-    @app.get("/healthz", summary="Liveness and readiness: the index and the object store answer")
+    @app.get("/healthz", summary="Liveness and readiness: the index and the object store answer", tags=["system"])
     def healthz() -> JSONResponse:
-        checks: dict[str, str] = {}
-        healthy = True
-        try:
-            archive.index.pending_jobs()
-            checks["index"] = "ok"
-        except Exception as exc:  # noqa: BLE001 - a health check reports, never raises
-            checks["index"] = f"error: {exc}"
-            healthy = False
-        # With a spool, an object store that does not answer degrades the archive but does not
-        # stop it: new objects wait on local disk (and the store is not probed again here; the
-        # spool's uploader does that).
-        spooling = archive.spooling if archive.spooling is not None and archive.spooling.spool_writes else None
-        degraded = spooling is not None and spooling.remote_down
-        if not degraded:
-            try:
-                archive.store.exists("healthz/probe")
-                checks["storage"] = "ok"
-            except ObjectStoreUnreachable as exc:
-                if spooling is None:
-                    checks["storage"] = f"error: {exc}"
-                    healthy = False
-                else:
-                    spooling.remote_failed(exc)
-                    degraded = True
-            except Exception as exc:  # noqa: BLE001
-                checks["storage"] = f"error: {exc}"
-                healthy = False
-        if degraded and spooling is not None:
-            waiting = spooling.usage()
-            checks["storage"] = (
-                f"degraded: the object store fails; new objects are spooled on local disk "
-                f"({waiting.objects} waiting for upload)"
-            )
-        status = "unavailable" if not healthy else "degraded" if degraded else "ok"
-        return JSONResponse({"status": status, "checks": checks}, status_code=200 if healthy else 503)
+        return _health(archive)
 
-    @app.get("/version", summary="Software version and DICOM identity")
+    @app.get("/version", summary="Software version and DICOM identity", tags=["system"])
     def version() -> dict[str, Any]:
         return {
             "name": "filmless",
@@ -68,4 +68,48 @@ def create_app(archive: Archive) -> FastAPI:
             "dicom_port": archive.settings.dicom_port,
         }
 
+    app.include_router(auth_routes.router, prefix="/api", tags=["authentication"])
+    app.include_router(audit_routes.router, prefix="/api", tags=["audit"])
+    app.include_router(admin_routes.router, prefix="/api", tags=["administration"])
+    for module, tag in ((qido, "QIDO-RS"), (wado, "WADO-RS"), (rendered, "rendered"), (stow, "STOW-RS")):
+        app.include_router(module.router, prefix=DICOMWEB_PREFIX, tags=[tag])
+    app.include_router(wado_uri.router, tags=["WADO-URI"])
     return app
+
+
+def _health(archive: Archive) -> JSONResponse:
+    checks: dict[str, str] = {}
+    healthy = True
+    try:
+        archive.index.pending_jobs()
+        checks["index"] = "ok"
+    except Exception as exc:  # noqa: BLE001 - a health check reports, never raises
+        checks["index"] = f"error: {exc}"
+        healthy = False
+    # With a spool, an object store that does not answer degrades the archive but does not
+    # stop it: new objects wait on local disk (and the store is not probed again here; the
+    # spool's uploader does that).
+    spooling = archive.spooling if archive.spooling is not None and archive.spooling.spool_writes else None
+    degraded = spooling is not None and spooling.remote_down
+    if not degraded:
+        try:
+            archive.store.exists("healthz/probe")
+            checks["storage"] = "ok"
+        except ObjectStoreUnreachable as exc:
+            if spooling is None:
+                checks["storage"] = f"error: {exc}"
+                healthy = False
+            else:
+                spooling.remote_failed(exc)
+                degraded = True
+        except Exception as exc:  # noqa: BLE001
+            checks["storage"] = f"error: {exc}"
+            healthy = False
+    if degraded and spooling is not None:
+        waiting = spooling.usage()
+        checks["storage"] = (
+            f"degraded: the object store fails; new objects are spooled on local disk "
+            f"({waiting.objects} waiting for upload)"
+        )
+    status = "unavailable" if not healthy else "degraded" if degraded else "ok"
+    return JSONResponse({"status": status, "checks": checks}, status_code=200 if healthy else 503)

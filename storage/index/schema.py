@@ -4,10 +4,13 @@ Four levels (patient / study / series / instance) carry the attributes C-FIND an
 need (PS3.4 C.6.1.1 and C.6.2.1: required, unique and common optional keys). Text is stored
 normalised to Unicode NFC; person names also as an accent-folded ``*_folded`` search key.
 Around them: prior object versions, the background compression queue, an outbox of objects to
-delete, the AE registry and the audit log; the replication queue (schema version 3).
+delete, the AE registry and the audit log; the replication queue (schema version 3); users, API
+keys, cached DICOMweb metadata and the trash (schema version 4).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -17,6 +20,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -26,7 +30,7 @@ from sqlalchemy import (
     true,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The version of the schema below. Changing the schema means a new alembic revision in
 ``storage/index/migrations/versions`` that makes this version (see that package)."""
 
@@ -60,6 +64,24 @@ patient = Table(
 )
 Index("ix_patient_patient_id", patient.c.patient_id)
 Index("ix_patient_name_folded", patient.c.patient_name_folded)
+# PostgreSQL uses a plain b-tree for LIKE 'prefix%' only under the C collation; text_pattern_ops
+# makes name-prefix search (PatientName=Phan*) an index range scan under any locale.
+Index(
+    "ix_patient_name_folded_pattern",
+    patient.c.patient_name_folded,
+    postgresql_ops={"patient_name_folded": "text_pattern_ops"},
+).ddl_if(dialect="postgresql")
+POSTGRESQL_ONLY_INDEXES = frozenset({"ix_patient_name_folded_pattern"})
+
+
+def include_object_for(dialect: str) -> Any:
+    """Alembic's ``include_object`` hook for ``dialect``: indexes made only on PostgreSQL are
+    not expected elsewhere."""
+
+    def include(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+        return not (type_ == "index" and name in POSTGRESQL_ONLY_INDEXES and dialect != "postgresql")
+
+    return include
 
 study = Table(
     "study",
@@ -265,3 +287,81 @@ replication_job = Table(
     UniqueConstraint("target", "object_key"),
 )
 Index("ix_replication_job_pending", replication_job.c.target, replication_job.c.done_at)
+
+# --- schema version 4: the web side -----------------------------------------------------------
+
+# People and systems that use the HTTP API. Passwords are argon2id hashes (PHC strings); a user
+# without one signs in only with API keys (or through an external OIDC issuer).
+app_user = Table(
+    "app_user",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("username", String(64), nullable=False, unique=True),
+    Column("full_name", String(200), nullable=False, default="", server_default=""),
+    Column("role", String(32), nullable=False),
+    Column("password_hash", String(200)),
+    Column("disabled", Boolean, nullable=False, default=False, server_default=false()),
+    Column("failed_logins", Integer, nullable=False, default=0, server_default="0"),
+    Column("locked_until", DateTime(timezone=True)),
+    Column("last_login_at", DateTime(timezone=True)),
+    Column("password_changed_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Long-lived keys for systems (the EMR): the key's secret is random (256 bits), so a sha256 of
+# it is enough to check it and useless to whoever reads the table.
+api_key = Table(
+    "api_key",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("key_id", String(32), nullable=False, unique=True),
+    Column("secret_sha256", String(64), nullable=False),
+    Column("user_pk", Integer, ForeignKey("app_user.pk"), nullable=False),
+    Column("description", String(400), nullable=False, default="", server_default=""),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("revoked_at", DateTime(timezone=True)),
+    Column("last_used_at", DateTime(timezone=True)),
+)
+Index("ix_api_key_user", api_key.c.user_pk)
+
+# DICOMweb metadata (PS3.18 10.4.1.2, application/dicom+json without bulk data) of each current
+# instance, made once from its object and kept here (zlib-compressed JSON) so a series'
+# /metadata is one index read. ``received_sha256`` names the content it was made from: a newer
+# version of the instance makes the row stale.
+instance_metadata = Table(
+    "instance_metadata",
+    metadata,
+    Column("sop_instance_uid", _UID, primary_key=True),
+    Column("received_sha256", String(64), nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# Instances deleted through the API (admin only): their rows leave the index, their objects
+# stay, recoverable, until ``filmless purge`` removes them after the retention period.
+trash_item = Table(
+    "trash_item",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("trashed_at", DateTime(timezone=True), nullable=False),
+    Column("actor", String(200)),
+    Column("reason", String(400), nullable=False),
+    Column("level", String(16), nullable=False),  # what was deleted: STUDY, SERIES or IMAGE
+    Column("patient_id", String(64)),
+    Column("study_instance_uid", _UID, nullable=False),
+    Column("series_instance_uid", _UID, nullable=False),
+    Column("sop_instance_uid", _UID, nullable=False),
+    Column("sop_class_uid", _UID),
+    Column("object_key", String(200), nullable=False),
+    Column("object_sha256", String(64), nullable=False),
+    Column("stored_size", BigInteger, nullable=False),
+    Column("stored_transfer_syntax", _UID, nullable=False),
+    Column("received_sha256", String(64), nullable=False),
+    Column("restored_at", DateTime(timezone=True)),
+    Column("purged_at", DateTime(timezone=True)),
+)
+Index("ix_trash_item_trashed_at", trash_item.c.trashed_at)
+Index("ix_trash_item_study", trash_item.c.study_instance_uid)
+Index("ix_trash_item_sop", trash_item.c.sop_instance_uid)

@@ -20,7 +20,7 @@ from filmless.cli import main
 from storage.errors import IndexUnavailable
 from storage.index import ApplicationEntity, Index, create_index_engine, migrate
 from storage.index.repository import SERVICES
-from storage.index.schema import SCHEMA_VERSION, application_entity, meta, metadata
+from storage.index.schema import SCHEMA_VERSION, include_object_for, application_entity, meta, metadata
 
 
 @pytest.fixture
@@ -35,7 +35,12 @@ def _open(url: str) -> Index:
 
 def _schema_differences(index: Index) -> list[Any]:
     with index.engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": False})
+        opts = {
+            "compare_type": True,
+            "compare_server_default": False,
+            "include_object": include_object_for(conn.dialect.name),
+        }
+        context = MigrationContext.configure(conn, opts=opts)
         return list(compare_metadata(context, metadata))
 
 

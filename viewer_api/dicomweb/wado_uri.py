@@ -1,0 +1,7 @@
+"""placeholder: filled by its issue-5 work"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()
