@@ -282,3 +282,6 @@ def replication(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     finally:
         archive.close()
+
+
+HANDLERS = {"export": export, "restore": restore, "replication": replication}

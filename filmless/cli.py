@@ -178,10 +178,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ae_title", metavar="AET")
     _add_settings(p, _COMMON)
 
-    from filmless import backup
-
-    backup.add_parsers(sub, _add_settings, _COMMON)  # export, restore, replication
+    for module in _command_modules():
+        module.add_parsers(sub, _add_settings, _COMMON)
     return parser
+
+
+def _command_modules() -> list[Any]:
+    """Modules that add subcommands of their own: ``add_parsers(sub, add_settings, common)``
+    and ``HANDLERS`` (command name to handler)."""
+    from filmless import backup, trash_commands, web_commands
+
+    return [backup, web_commands, trash_commands]  # export/restore/replication; user/apikey/audit; trash/purge
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,9 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValidationError, ValueError, FileNotFoundError) as exc:
         print(f"filmless: invalid settings: {exc}", file=sys.stderr)
         return 2
-    from filmless import backup, commands
+    from filmless import commands
 
-    handler = {
+    handlers = {
         "serve": commands.serve,
         "import": commands.import_,
         "verify": commands.verify,
@@ -203,10 +210,10 @@ def main(argv: list[str] | None = None) -> int:
         "echo": commands.echo,
         "migrate": commands.migrate,
         "ae": commands.ae,
-        "export": backup.export,
-        "restore": backup.restore,
-        "replication": backup.replication,
-    }[args.command]
+    }
+    for module in _command_modules():
+        handlers.update(module.HANDLERS)
+    handler = handlers[args.command]
     try:
         return handler(settings, args)
     except KeyboardInterrupt:
