@@ -179,6 +179,12 @@ class Settings(BaseSettings):
         description="The API's address as clients see it (e.g. https://pacs.hospital.vn behind a "
         "reverse proxy), used in the links DICOMweb answers carry; default: the request's own.",
     )
+    viewer_dist: Path | None = Field(
+        None,
+        description="The prebuilt OHIF viewer's dist directory (scripts/install-ohif.sh prints it), "
+        "served at /viewer/ with a sign-in page and pointed at this server's /dicom-web; "
+        "default: no viewer.",
+    )
     jwt_secret: SecretStr | None = Field(
         None,
         description="Key that signs access tokens (at least 32 characters); every API process of "
