@@ -249,6 +249,10 @@ class Security:
         except jwt.PyJWTError as exc:
             raise AuthError(f"invalid bearer token: {exc}") from exc
         user = self._active_user(str(claims["sub"]))
+        # A new password ends the sessions of the old one (a token carries whole seconds).
+        changed = user.password_changed_at
+        if changed is not None and int(claims["iat"]) < int(changed.timestamp()):
+            raise AuthError("bearer token issued before the last password change; sign in again")
         # The role is the user's current one, not the one the token was issued with.
         return Principal(user.username, user.role, "token")
 
@@ -320,7 +324,10 @@ class OidcVerifier:
                 url = self._jwks_url
                 if url is None:
                     with urllib.request.urlopen(f"{self.issuer}/.well-known/openid-configuration", timeout=10) as r:
-                        url = str(json.load(r)["jwks_uri"])
+                        document = json.load(r)
+                    if str(document.get("issuer", "")).rstrip("/") != self.issuer:
+                        raise ValueError(f"the discovery document names another issuer: {document.get('issuer')!r}")
+                    url = str(document["jwks_uri"])
                 self._client = jwt.PyJWKClient(url, cache_keys=True, lifespan=300, timeout=10)
             return self._client
 

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from storage.errors import ArchiveError
+from storage.errors import ArchiveError, InstanceAlreadyExists
 from storage.index.repository import Index, utcnow
 from storage.index.schema import api_key, app_user
 
@@ -22,8 +22,17 @@ ROLES = ("admin", "radiologist", "clinician", "technologist", "integration")
 """The roles a user can have (what each may do: viewer_api.security.PERMISSIONS)."""
 
 
+MAX_USERNAME = 64
+MAX_FULL_NAME = 200
+MAX_KEY_DESCRIPTION = 400
+
+
 class UserError(ArchiveError):
     """A user or API key operation that cannot be done (unknown user, name taken, ...)."""
+
+
+class UnknownUser(UserError):
+    """No user (or API key) of that name (HTTP 404)."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +119,20 @@ def _check_role(role: str) -> None:
         raise UserError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
 
 
+def check_username(username: str) -> None:
+    if (
+        not username
+        or len(username) > MAX_USERNAME
+        or any(ch.isspace() or ch in ":/\\" or not ch.isprintable() for ch in username)
+    ):
+        raise UserError(f"a user name is 1 to {MAX_USERNAME} characters, without spaces, ':', '/' or '\\'")
+
+
+def _check_full_name(full_name: str) -> None:
+    if len(full_name) > MAX_FULL_NAME:
+        raise UserError(f"a full name has at most {MAX_FULL_NAME} characters")
+
+
 _KEY_COLUMNS = (
     api_key.c.key_id,
     api_key.c.secret_sha256,
@@ -138,8 +161,8 @@ class Users:
 
     def add(self, username: str, role: str, password_hash: str | None, *, full_name: str = "") -> User:
         _check_role(role)
-        if not username or len(username) > 64 or any(ch.isspace() or ch == ":" for ch in username):
-            raise UserError("a user name is 1 to 64 characters, without spaces or ':'")
+        check_username(username)
+        _check_full_name(full_name)
         now = utcnow()
         try:
             with self.index.write() as conn:
@@ -156,7 +179,7 @@ class Users:
                         updated_at=now,
                     )
                 )
-        except IntegrityError as exc:
+        except (IntegrityError, InstanceAlreadyExists) as exc:  # Index.write translates the first
             raise UserError(f"user {username!r} exists already") from exc
         user = self.get(username)
         assert user is not None
@@ -170,7 +193,7 @@ class Users:
     def require(self, username: str) -> User:
         user = self.get(username)
         if user is None:
-            raise UserError(f"no user {username!r}")
+            raise UnknownUser(f"no user {username!r}")
         return user
 
     def all(self) -> list[User]:
@@ -182,7 +205,7 @@ class Users:
         with self.index.write() as conn:
             changed = conn.execute(update(app_user).where(app_user.c.username == username).values(**values)).rowcount
         if not changed:
-            raise UserError(f"no user {username!r}")
+            raise UnknownUser(f"no user {username!r}")
 
     def set_password(self, username: str, password_hash: str) -> None:
         self._update(
@@ -195,6 +218,16 @@ class Users:
     def set_role(self, username: str, role: str) -> None:
         _check_role(role)
         self._update(username, role=role)
+
+    def set_full_name(self, username: str, full_name: str) -> None:
+        _check_full_name(full_name)
+        self._update(username, full_name=full_name)
+
+    def enabled_admins(self) -> list[str]:
+        """The user names of the enabled administrators."""
+        stmt = select(app_user.c.username).where(app_user.c.role == "admin", app_user.c.disabled.is_(False))
+        with self.index.read() as conn:
+            return [str(name) for name in conn.execute(stmt).scalars()]
 
     def login_succeeded(self, username: str) -> None:
         self._update(username, failed_logins=0, locked_until=None, last_login_at=utcnow())
@@ -217,6 +250,8 @@ class Users:
     def add_key(
         self, username: str, key_id: str, secret_sha256: str, *, description: str = "", expires_at: datetime | None = None
     ) -> ApiKey:
+        if len(description) > MAX_KEY_DESCRIPTION:
+            raise UserError(f"an API key description has at most {MAX_KEY_DESCRIPTION} characters")
         user = self.require(username)
         with self.index.write() as conn:
             conn.execute(
@@ -262,13 +297,23 @@ class Users:
         with self.index.read() as conn:
             return [self._key(r) for r in conn.execute(stmt)]
 
-    def revoke_key(self, key_id: str) -> None:
-        with self.index.write() as conn:
-            changed = conn.execute(
-                update(api_key).where(api_key.c.key_id == key_id, api_key.c.revoked_at.is_(None)).values(revoked_at=utcnow())
-            ).rowcount
-        if not changed:
-            raise UserError(f"no active API key {key_id!r}")
+    def revoke_key(self, key_id: str, *, username: str | None = None) -> ApiKey:
+        """Revoke a key (of ``username``, when given); revoking a revoked key changes nothing.
+        :class:`UnknownUser` when there is no such key (of that user)."""
+        key = self.get_key(key_id)
+        if key is None or (username is not None and key.username != username):
+            owner = f" of user {username!r}" if username is not None else ""
+            raise UnknownUser(f"no API key {key_id!r}{owner}")
+        if key.revoked_at is None:
+            with self.index.write() as conn:
+                conn.execute(
+                    update(api_key)
+                    .where(api_key.c.key_id == key_id, api_key.c.revoked_at.is_(None))
+                    .values(revoked_at=utcnow())
+                )
+        revoked = self.get_key(key_id)
+        assert revoked is not None
+        return revoked
 
     def key_used(self, key_id: str) -> None:
         with self.index.write() as conn:
