@@ -20,7 +20,7 @@ import filmless
 from filmless.bootstrap import Archive
 from storage.errors import ObjectStoreUnreachable
 from storage.retrieve import Retriever
-from viewer_api import admin_routes, audit_routes, auth_routes, errors
+from viewer_api import admin_routes, audit_routes, auth_routes, errors, viewer
 from viewer_api.audit import AuditTrail
 from viewer_api.context import Web
 from viewer_api.dicomweb import qido, rendered, stow, wado, wado_uri
@@ -74,6 +74,7 @@ def create_app(archive: Archive) -> FastAPI:
     for module, tag in ((qido, "QIDO-RS"), (wado, "WADO-RS"), (rendered, "rendered"), (stow, "STOW-RS")):
         app.include_router(module.router, prefix=DICOMWEB_PREFIX, tags=[tag])
     app.include_router(wado_uri.router, tags=["WADO-URI"])
+    app.include_router(viewer.create_router(DICOMWEB_PREFIX))
     return app
 
 
