@@ -67,7 +67,14 @@ def compression_worker_main(
     try:
         quiet = settings.compression.defer_while_receiving
         busy = (lambda: arrivals.busy(quiet)) if arrivals is not None and quiet > 0 else None
-        archive.compressor().run_forever(stop, parent_pid=parent_pid, busy=busy)
+        # The first worker also makes the DICOMweb metadata of new instances when idle.
+        idle = None
+        if number == 0:
+            from storage.metadata import MetadataWarmer
+            from storage.retrieve import Retriever
+
+            idle = MetadataWarmer(archive.index, Retriever(archive.index, archive.store).read).run_once
+        archive.compressor().run_forever(stop, parent_pid=parent_pid, busy=busy, idle=idle)
     finally:
         archive.close()
 

@@ -66,10 +66,12 @@ class Compressor:
         parent_pid: int | None = None,
         busy: Callable[[], bool] | None = None,
         max_deferral: float = 60.0,
+        idle: Callable[[], int] | None = None,
     ) -> None:
         """Work until ``stop``. While ``busy()`` says images are arriving, wait (at most
         ``max_deferral`` seconds at a time): on a small server the receivers need the CPU
-        to acknowledge quickly, and compression catches up in the pauses."""
+        to acknowledge quickly, and compression catches up in the pauses. With the queue
+        empty, ``idle()`` does other background work (it returns how much it did)."""
         log.info("compression worker %s started", self.worker_id)
         deferred_since: float | None = None
         try:
@@ -85,7 +87,7 @@ class Compressor:
                         continue
                 deferred_since = None
                 try:
-                    if self.run_once():
+                    if self.run_once() or (idle is not None and idle()):
                         continue
                 except ArchiveError as exc:
                     log.warning("compression worker: %s; retrying", exc)

@@ -7,12 +7,17 @@ URL, written with :data:`INSTANCE_URL` in front; :func:`with_instance_url` puts 
 when a response is assembled, so a series' metadata is a few byte replacements, not a JSON walk.
 
 The stored transfer syntax is given as Available Transfer Syntax UID (0008,3002): a viewer
-asking for frames with ``transfer-syntax=*`` gets that syntax.
+asking for frames with ``transfer-syntax=*`` gets that syntax. It too is a placeholder
+(:data:`STORED_SYNTAX`), since background compression changes it after the body is made.
+
+Bodies are made when first asked for, and ahead of time by :class:`MetadataWarmer`, which the
+compression workers run when they have nothing else to do.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,10 +28,15 @@ from pydicom.filereader import dcmread
 
 from storage.errors import ArchiveError
 from storage.index import Index
-from storage.index.metadata import CachedMetadata, metadata_of, save_metadata
+from storage.index import RetrievableInstance
+from storage.index.metadata import CachedMetadata, instances_without_metadata, metadata_of, save_metadata
+
+log = logging.getLogger("filmless.metadata")
 
 INSTANCE_URL = "@@FILMLESS-INSTANCE-URL@@"
 """Placeholder for ``{base}/dicom-web/studies/{study}/series/{series}/instances/{instance}``."""
+STORED_SYNTAX = "@@FILMLESS-STORED-SYNTAX@@"
+"""Placeholder for the instance's stored transfer syntax UID."""
 BULK_THRESHOLD = 1024
 _AVAILABLE_TRANSFER_SYNTAX = "00083002"
 _SPECIFIC_CHARACTER_SET = "00080005"
@@ -40,7 +50,7 @@ def _tag_path(elem: DataElement, parents: Sequence[int]) -> str:
     return "/".join(f"{t:08X}" for t in (*parents, elem.tag))
 
 
-def metadata_body(data: bytes, stored_transfer_syntax: str) -> bytes:
+def metadata_body(data: bytes) -> bytes:
     """The compressed metadata body of a stored object's bytes."""
     try:
         ds = dcmread(BytesIO(data), force=True)
@@ -60,7 +70,7 @@ def metadata_body(data: bytes, stored_transfer_syntax: str) -> bytes:
     if "7FE00010" in obj and "BulkDataURI" not in obj["7FE00010"]:
         # Small pixel data is still bulk data for a viewer: always a URI.
         obj["7FE00010"] = {"vr": obj["7FE00010"].get("vr", "OW"), "BulkDataURI": f"{INSTANCE_URL}/bulkdata/7FE00010"}
-    obj[_AVAILABLE_TRANSFER_SYNTAX] = {"vr": "UI", "Value": [stored_transfer_syntax]}
+    obj[_AVAILABLE_TRANSFER_SYNTAX] = {"vr": "UI", "Value": [STORED_SYNTAX]}
     # The JSON is Unicode whatever the object's character set (PS3.18 F.2.2).
     obj.pop(_SPECIFIC_CHARACTER_SET, None)
     obj[_SPECIFIC_CHARACTER_SET] = {"vr": "CS", "Value": ["ISO_IR 192"]}
@@ -68,9 +78,14 @@ def metadata_body(data: bytes, stored_transfer_syntax: str) -> bytes:
     return zlib.compress(text.encode("utf-8"), 6)
 
 
-def with_instance_url(body: bytes, instance_url: str) -> bytes:
-    """The JSON of a metadata body with its BulkDataURIs made absolute."""
-    return zlib.decompress(body).replace(INSTANCE_URL.encode(), instance_url.encode())
+def with_instance_url(body: bytes, instance_url: str, stored_transfer_syntax: str) -> bytes:
+    """The JSON of a metadata body with its BulkDataURIs made absolute and its stored
+    transfer syntax filled in."""
+    return (
+        zlib.decompress(body)
+        .replace(INSTANCE_URL.encode(), instance_url.encode())
+        .replace(STORED_SYNTAX.encode(), stored_transfer_syntax.encode())
+    )
 
 
 @dataclass(frozen=True)
@@ -79,7 +94,6 @@ class MetadataSource:
 
     sop_instance_uid: str
     received_sha256: str
-    stored_transfer_syntax: str
     read: Callable[[], bytes]
 
 
@@ -110,7 +124,7 @@ class MetadataCache:
 
     def _make(self, sources: Iterable[MetadataSource]) -> dict[str, CachedMetadata]:
         def one(source: MetadataSource) -> CachedMetadata:
-            body = metadata_body(source.read(), source.stored_transfer_syntax)
+            body = metadata_body(source.read())
             return CachedMetadata(source.sop_instance_uid, source.received_sha256, body)
 
         sources = list(sources)
@@ -120,6 +134,32 @@ class MetadataCache:
             with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="metadata") as pool:
                 made = list(pool.map(one, sources))
         return {m.sop_instance_uid: m for m in made}
+
+
+class MetadataWarmer:
+    """Makes the metadata bodies of instances that have none yet, a batch at a time, in the
+    order they arrived (new versions of an instance are made again when first asked for)."""
+
+    def __init__(self, index: Index, read: Callable[[RetrievableInstance], bytes], *, batch: int = 50) -> None:
+        self.index = index
+        self.read = read
+        self.batch = batch
+        self.after_pk = 0
+
+    def run_once(self) -> int:
+        """Make one batch; return how many instances it looked at (0: nothing left)."""
+        found = instances_without_metadata(self.index, self.after_pk, self.batch)
+        if not found:
+            return 0
+        made: list[CachedMetadata] = []
+        for pk, w in found:
+            self.after_pk = pk
+            try:
+                made.append(CachedMetadata(w.sop_instance_uid, w.received_sha256, metadata_body(self.read(w.item))))
+            except ArchiveError as exc:
+                log.warning("metadata of %s not made: %s", w.sop_instance_uid, exc)
+        save_metadata(self.index, made)
+        return len(found)
 
 
 def json_array(parts: Iterable[bytes]) -> bytes:
@@ -132,6 +172,7 @@ __all__ = [
     "MetadataCache",
     "MetadataError",
     "MetadataSource",
+    "MetadataWarmer",
     "json_array",
     "metadata_body",
     "with_instance_url",

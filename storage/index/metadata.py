@@ -111,3 +111,40 @@ def wado_instances(
         stmt = stmt.where(instance.c.sop_instance_uid == sop_instance_uid)
     with index.read() as conn:
         return [WadoInstance(RetrievableInstance(*row[:8]), row[8], row[9], row[10]) for row in conn.execute(stmt)]
+
+
+def instances_without_metadata(index: Index, after_pk: int, limit: int) -> list[tuple[int, WadoInstance]]:
+    """Current instances (pk above ``after_pk``, in pk order) whose metadata is missing or was
+    made from other content."""
+    stmt = (
+        select(
+            instance.c.pk,
+            study.c.study_instance_uid,
+            series.c.series_instance_uid,
+            instance.c.sop_instance_uid,
+            instance.c.sop_class_uid,
+            instance.c.object_key,
+            instance.c.object_sha256,
+            instance.c.stored_transfer_syntax,
+            instance.c.stored_size,
+            instance.c.received_sha256,
+            instance.c.number_of_frames,
+            instance.c.rows,
+        )
+        .select_from(
+            instance.join(series)
+            .join(study)
+            .outerjoin(instance_metadata, instance_metadata.c.sop_instance_uid == instance.c.sop_instance_uid)
+        )
+        .where(
+            instance.c.pk > after_pk,
+            (instance_metadata.c.sop_instance_uid.is_(None))
+            | (instance_metadata.c.received_sha256 != instance.c.received_sha256),
+        )
+        .order_by(instance.c.pk)
+        .limit(limit)
+    )
+    with index.read() as conn:
+        return [
+            (row[0], WadoInstance(RetrievableInstance(*row[1:9]), row[9], row[10], row[11])) for row in conn.execute(stmt)
+        ]

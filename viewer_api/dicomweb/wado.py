@@ -247,7 +247,6 @@ def _metadata(request: Request, web: Web, principal: Principal, study: str, seri
         MetadataSource(
             w.sop_instance_uid,
             w.received_sha256,
-            w.item.stored_transfer_syntax,
             (lambda item=w.item: web.retriever.read(item)),  # type: ignore[misc]
         )
         for w in found
@@ -257,7 +256,9 @@ def _metadata(request: Request, web: Web, principal: Principal, study: str, seri
     except CodecError as exc:
         raise Problem(500, "Unreadable object", str(exc)) from exc
     _audit(web, request, principal, "metadata", found, study, series, instance)
-    body = json_array(with_instance_url(b, _instance_url(base, w)) for b, w in zip(bodies, found, strict=True))
+    body = json_array(
+        with_instance_url(b, _instance_url(base, w), w.item.stored_transfer_syntax) for b, w in zip(bodies, found, strict=True)
+    )
     return Response(body, media_type=DICOM_JSON, headers={"ETag": tag, "Cache-Control": REVALIDATE})
 
 
