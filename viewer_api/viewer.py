@@ -417,8 +417,8 @@ def create_router(dicomweb_prefix: str) -> APIRouter:
         dist = dists.for_request(request)
         path = dist.locate(relative)
         if path is None:
-            last = relative.rsplit("/", 1)[-1]
-            if "." in last:
+            segments = relative.split("/")
+            if "." in segments[-1] or ".." in segments:
                 raise Problem(404, "Not found", f"the viewer has no file {relative!r}")
             # One of OHIF's own routes (the study list, /viewer/viewer?StudyInstanceUIDs=...).
             relative = "index.html"
