@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a Debian machine: the DICOM peers (DCMTK, Orthanc),
-# PostgreSQL and docker-compose from Debian's packages, the Python test dependencies into
-# .venv, and the S3 servers (MinIO, SeaweedFS) into a cache under ~/.cache/filmless.
+# PostgreSQL, docker-compose and Chromium from Debian's packages, the Python test dependencies
+# into .venv, and the S3 servers (MinIO, SeaweedFS) and the OHIF viewer into a cache under
+# ~/.cache/filmless.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,10 @@ command -v /usr/bin/openssl >/dev/null 2>&1 || need_apt+=(openssl)  # test certi
 compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || need_apt+=(postgresql)
 # docker-compose.yml is checked with Debian's docker-compose (`config` needs no Docker engine).
 command -v /usr/bin/docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
+# The OHIF viewer tests (tests/e2e/test_ohif.py) drive Debian's Chromium with Playwright, which
+# never downloads a browser of its own; npm fetches the prebuilt viewer (scripts/install-ohif.sh).
+command -v /usr/bin/chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -36,3 +41,5 @@ bash scripts/install.sh
 # S3-compatible servers for the object-store tests (MinIO built from source, SeaweedFS),
 # cached under ~/.cache/filmless: built once per machine.
 bash scripts/install-object-stores.sh
+# The prebuilt OHIF viewer (npm @ohif/app, pinned in the script), cached the same way.
+bash scripts/install-ohif.sh >/dev/null
