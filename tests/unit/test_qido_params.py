@@ -1,0 +1,215 @@
+"""QIDO-RS parameters into a query identifier (pure: no app, no database)."""
+
+from __future__ import annotations
+
+import pytest
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataset import Dataset
+
+from storage.query import STUDY_ROOT, QueryLevel, TextRule, build_query
+from storage.query.identifier import element_text
+from viewer_api.dicomweb.qido import (
+    ALL_INSTANCES,
+    ALL_SERIES,
+    ALL_STUDIES,
+    SERIES_INSTANCES,
+    STUDY_DEFAULTS,
+    STUDY_SERIES,
+    Attribute,
+    ParameterError,
+    acceptable_type,
+    parse_attribute,
+    parse_bool,
+    parse_search,
+    parse_uint,
+    retrieve_url,
+)
+
+STUDY_UID = "1.2.826.0.1.3680043.8.498.1"
+SERIES_UID = "1.2.826.0.1.3680043.8.498.2"
+
+
+def text(ds: Dataset, keyword: str) -> str:
+    """A key's value as the engine reads it."""
+    tag = int(tag_for_keyword(keyword) or 0)
+    return element_text(ds, tag, str(dictionary_VR(tag)))
+
+
+# --- attributes ----------------------------------------------------------------------------
+def test_attributes_by_keyword_tag_or_sequence_path() -> None:
+    assert parse_attribute("p", "PatientName") == Attribute(0x00100010, "PN")
+    assert parse_attribute("p", "00100010") == Attribute(0x00100010, "PN")
+    assert parse_attribute("p", "0020000d") == Attribute(0x0020000D, "UI")
+    assert parse_attribute("p", "OtherPatientIDsSequence.PatientID") == Attribute(0x00101002, "SQ", 0x00100020, "LO")
+    assert parse_attribute("p", "00101002.00100020") == Attribute(0x00101002, "SQ", 0x00100020, "LO")
+    assert parse_attribute("p", "00091001") is None  # private: not supported, not an error
+    assert parse_attribute("p", "Rows") == Attribute(0x00280010, "US")
+    assert parse_attribute("p", "00280106") == Attribute(0x00280106, "US")  # "US or SS": the first
+
+
+@pytest.mark.parametrize(
+    ("path", "words"),
+    [
+        ("NoSuchKeyword", "neither a DICOM keyword"),
+        ("patientname", "neither a DICOM keyword"),  # keywords are case-sensitive
+        ("0010001", "neither"),
+        ("0010EEEE", "not in the DICOM data dictionary"),
+        ("PatientName.PatientID", "not a sequence"),
+        ("A.B.C", "nested"),
+        ("OtherPatientIDsSequence.ReferencedStudySequence", "nested"),
+        ("OtherPatientIDsSequence.Bogus", "neither"),
+    ],
+)
+def test_unknown_attributes_name_the_parameter(path: str, words: str) -> None:
+    with pytest.raises(ParameterError) as raised:
+        parse_attribute("param", path)
+    assert raised.value.parameter == "param" and words in raised.value.reason
+
+
+def test_numbers_and_booleans() -> None:
+    assert parse_uint("limit", "25", minimum=1) == 25
+    assert parse_uint("offset", "0") == 0
+    for bad in ("", "-1", "1.5", "1e3", "abc", "99999999999999"):
+        with pytest.raises(ParameterError):
+            parse_uint("offset", bad)
+    with pytest.raises(ParameterError, match="at least 1"):
+        parse_uint("limit", "0", minimum=1)
+    assert parse_bool("fuzzymatching", "TRUE") is True
+    assert parse_bool("fuzzymatching", "false") is False
+    with pytest.raises(ParameterError):
+        parse_bool("fuzzymatching", "1")
+
+
+# --- the identifier ------------------------------------------------------------------------
+def test_matching_keys_and_default_return_keys_of_studies() -> None:
+    search = parse_search(ALL_STUDIES, [("PatientName", "Nguyễn*"), ("00080020", "20240101-20241231")])
+    ds = search.identifier
+    assert ds.QueryRetrieveLevel == "STUDY" and ds.SpecificCharacterSet == "ISO_IR 192"
+    assert text(ds, "PatientName") == "Nguyễn*"
+    assert text(ds, "StudyDate") == "20240101-20241231"
+    for keyword in STUDY_DEFAULTS:
+        assert keyword in ds
+    assert text(ds, "AccessionNumber") == ""
+    assert search.parameter_of == {0x00100010: "PatientName", 0x00080020: "00080020"}
+    assert not search.named and search.limit is None and search.offset == 0 and not search.fuzzy
+
+
+def test_the_engine_reads_the_identifier() -> None:
+    search = parse_search(ALL_STUDIES, [("PatientName", "nguyễn*"), ("fuzzymatching", "true")])
+    query = build_query(search.identifier, STUDY_ROOT, search.options())
+    (condition,) = query.conditions
+    assert condition.keys[0].keyword == "PatientName"
+    assert condition.constraint.matches("nguyen^van duc")  # folded (accent-insensitive)
+    plain = parse_search(ALL_STUDIES, [("PatientName", "nguyễn*")])
+    (condition,) = build_query(plain.identifier, STUDY_ROOT, plain.options()).conditions
+    assert getattr(condition.constraint, "rule", None) is TextRule.CASE_INSENSITIVE
+    assert condition.constraint.matches("Nguyễn^Văn Đức")
+    assert not condition.constraint.matches("Nguyen^Van Duc")
+
+
+def test_uid_lists_comma_separated_or_repeated() -> None:
+    search = parse_search(ALL_STUDIES, [("StudyInstanceUID", "1.2.3,1.2.4"), ("0020000D", "1.2.5")])
+    assert text(search.identifier, "StudyInstanceUID") == "1.2.3\\1.2.4\\1.2.5"
+    query = build_query(search.identifier, STUDY_ROOT, search.options())
+    assert query.conditions[0].constraint.matches("1.2.5")
+    assert search.named == {"StudyInstanceUID"}
+
+
+def test_repeated_text_keys_are_multiple_values() -> None:
+    search = parse_search(ALL_STUDIES, [("ModalitiesInStudy", "CT"), ("ModalitiesInStudy", "MR")])
+    assert text(search.identifier, "ModalitiesInStudy") == "CT\\MR"
+    with pytest.raises(ParameterError, match="more than once"):
+        parse_search(ALL_STUDIES, [("limit", "1"), ("limit", "2")])
+
+
+def test_naming_keys_need_an_exact_value() -> None:
+    assert parse_search(ALL_STUDIES, [("PatientID", "BN00012345")]).named == {"PatientID"}
+    assert parse_search(ALL_STUDIES, [("AccessionNumber", "A1")]).named == {"AccessionNumber"}
+    for vague in ("BN*", "BN0001234?", "", '""', "  "):
+        assert not parse_search(ALL_STUDIES, [("PatientID", vague)]).named, vague
+    assert not parse_search(ALL_STUDIES, [("PatientName", "Nguyễn^Văn Đức")]).named
+    assert parse_search(STUDY_SERIES, [], study=STUDY_UID).named == {"StudyInstanceUID"}
+
+
+def test_path_uids_and_contradictions() -> None:
+    search = parse_search(SERIES_INSTANCES, [("InstanceNumber", "3")], study=STUDY_UID, series=SERIES_UID)
+    ds = search.identifier
+    assert ds.QueryRetrieveLevel == "IMAGE"
+    assert text(ds, "StudyInstanceUID") == STUDY_UID and text(ds, "SeriesInstanceUID") == SERIES_UID
+    assert search.parameter_of[0x0020000D] == "StudyInstanceUID (path)"
+    same = parse_search(STUDY_SERIES, [("StudyInstanceUID", STUDY_UID)], study=STUDY_UID)
+    assert text(same.identifier, "StudyInstanceUID") == STUDY_UID
+    with pytest.raises(ParameterError, match="contradicts"):
+        parse_search(STUDY_SERIES, [("StudyInstanceUID", "1.2.3")], study=STUDY_UID)
+
+
+def test_includefield_keywords_tags_commas_and_all() -> None:
+    search = parse_search(ALL_STUDIES, [("includefield", "StudyDescription, 00080080"), ("includefield", "Modality")])
+    ds = search.identifier
+    assert "StudyDescription" in ds and "InstitutionName" in ds and "Modality" in ds
+    query = build_query(ds, STUDY_ROOT, search.options())
+    returned = {rk.keyword for rk in query.return_keys if rk.key is not None and rk.key.column is not None}
+    assert {"StudyDescription", "InstitutionName"} <= returned and "Modality" not in returned
+    every = parse_search(ALL_STUDIES, [("includefield", "all")]).identifier
+    for keyword in ("IssuerOfPatientID", "OtherPatientIDsSequence", "SOPClassesInStudy", "NumberOfPatientRelatedStudies"):
+        assert keyword in every, keyword
+    assert "PatientAge" not in every  # not held by the index
+    sequence = parse_search(ALL_STUDIES, [("includefield", "OtherPatientIDsSequence.PatientID")]).identifier
+    assert [list(item.keys()) for item in sequence.OtherPatientIDsSequence] == [[0x00100020]]
+    with pytest.raises(ParameterError) as raised:
+        parse_search(ALL_STUDIES, [("includefield", "PatientName,Nope")])
+    assert raised.value.parameter == "includefield"
+
+
+def test_defaults_of_each_resource() -> None:
+    series = parse_search(ALL_SERIES, []).identifier
+    assert "Modality" in series and "PatientName" in series
+    study_series = parse_search(STUDY_SERIES, [], study=STUDY_UID).identifier
+    assert "Modality" in study_series and "PatientName" not in study_series
+    instances = parse_search(ALL_INSTANCES, []).identifier
+    assert {"SOPClassUID", "Rows", "Modality", "PatientID"} <= set(instances.dir())
+
+
+def test_binary_numbers_are_checked_here() -> None:
+    search = parse_search(ALL_INSTANCES, [("Rows", "512"), ("BitsAllocated", "*")])
+    assert search.identifier.Rows == 512 and search.identifier["BitsAllocated"].value is None
+    with pytest.raises(ParameterError) as raised:
+        parse_search(ALL_INSTANCES, [("Columns", "wide")])
+    assert raised.value.parameter == "Columns"
+
+
+def test_private_attributes_are_skipped_not_refused() -> None:
+    search = parse_search(ALL_STUDIES, [("00091001", "x"), ("includefield", "00091002")])
+    assert search.skipped == ["00091001"]
+    assert 0x00091001 not in search.identifier and 0x00091002 not in search.identifier
+
+
+# --- content negotiation and addresses -----------------------------------------------------
+@pytest.mark.parametrize(
+    ("accept", "answer"),
+    [
+        (None, "application/dicom+json"),
+        ("", "application/dicom+json"),
+        ("*/*", "application/dicom+json"),
+        ("application/*", "application/dicom+json"),
+        ("Application/DICOM+JSON", "application/dicom+json"),
+        ("application/json", "application/json"),
+        ("application/json, application/dicom+json", "application/dicom+json"),
+        ("application/dicom+json;q=0.4, application/json", "application/json"),
+        ('multipart/related; type="application/dicom+xml", */*;q=0.1', "application/dicom+json"),
+        ("text/html", None),
+        ('multipart/related; type="application/dicom+xml"', None),
+        ("application/dicom+json;q=0", None),
+        ("application/json;q=bad", None),
+    ],
+)
+def test_acceptable_type(accept: str | None, answer: str | None) -> None:
+    assert acceptable_type(accept) == answer
+
+
+def test_retrieve_urls() -> None:
+    row = {"StudyInstanceUID": "1.2", "SeriesInstanceUID": "1.2.3", "SOPInstanceUID": "1.2.3.4"}
+    base = "https://pacs.example/dicom-web"
+    assert retrieve_url(base, QueryLevel.STUDY, row) == f"{base}/studies/1.2"
+    assert retrieve_url(base, QueryLevel.SERIES, row) == f"{base}/studies/1.2/series/1.2.3"
+    assert retrieve_url(base, QueryLevel.IMAGE, row) == f"{base}/studies/1.2/series/1.2.3/instances/1.2.3.4"
