@@ -111,7 +111,8 @@ def display(header: Dataset, pixels: _Array, window: Window | None = None) -> _A
         raise CodecError(f"cannot render pixels of shape {pixels.shape}")
     if photometric == "PALETTE COLOR":
         return _palette(pixels, header)
-    grey = _grey(header, pixels, window)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # extreme windows saturate
+        grey = _grey(header, pixels, window)
     if photometric == "MONOCHROME1":
         grey = 255 - grey
     return grey
@@ -167,6 +168,7 @@ def _value_range(pixels: _Array) -> tuple[int, int]:
 
 
 def _to_uint8(y: _Array) -> _Array:
+    y = np.nan_to_num(y, nan=0.0, posinf=255.0, neginf=0.0)
     return np.clip(np.floor(y + 0.5), 0, 255).astype(np.uint8)  # halves round up
 
 

@@ -273,6 +273,10 @@ BAD_PARAMETERS = [
     {"quality": "0"},
     {"quality": "best"},
     {"annotation": "patient"},
+    {"quality": "\u00b2"},
+    {"viewport": "\u00b2,3"},
+    {"window": "1e400,10"},
+    {"window": "nan,10"},
 ]
 
 
@@ -287,6 +291,11 @@ def test_bad_parameters_are_400_problems(web: WebArchive) -> None:
             assert reply.json()["detail"]
     cache_root = web.archive.settings.data / "cache" / "thumbnails"
     assert not list(cache_root.glob("*/*"))  # nothing was written
+    assert web.client().get(_url(ds, "frames/\u00b2/rendered")).status_code == 400
+    # odd but valid: extreme windows saturate, a viewport width alone fits the width
+    for params in ({"window": "1e308,1e308"}, {"window": "-1e308,1e-300,linear-exact"}, {"viewport": "10,"}):
+        reply = web.client().get(_url(ds), params=params)
+        assert reply.status_code == 200, (params, reply.text)
 
 
 def test_not_found_unauthenticated_and_audited(web: WebArchive) -> None:

@@ -57,6 +57,7 @@ THUMBNAIL_VIEWPORT = (128, 128)
 MAX_VIEWPORT = 8192
 THUMBNAIL_CACHE_BYTES = 256 * 1024 * 1024
 _UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
+_INTEGER = re.compile(r"[+-]?[0-9]{1,9}")
 # SOP classes that never hold an image (SR, key objects, presentation states, encapsulated
 # documents, waveforms, RT plans and structure sets, registrations): skipped for studies and series.
 _NON_IMAGE_PREFIXES = (
@@ -139,10 +140,9 @@ def _parse_viewport(text: str | None) -> tuple[tuple[int, int] | None, tuple[int
     pieces = [p.strip() for p in text.split(",")]
     if len(pieces) not in (1, 2, 6):
         raise _bad("Invalid viewport", f"viewport is vw,vh (or vw, or vw,vh,sx,sy,sw,sh), not {text[:80]!r}")
-    try:
-        numbers = [int(p) if p else None for p in pieces]
-    except ValueError:
-        raise _bad("Invalid viewport", f"viewport values must be integers, not {text[:80]!r}") from None
+    if not all(p == "" or _INTEGER.fullmatch(p) for p in pieces):
+        raise _bad("Invalid viewport", f"viewport values must be integers, not {text[:80]!r}")
+    numbers = [int(p) if p else None for p in pieces]
     vw = numbers[0]
     vh = numbers[1] if len(numbers) > 1 else None
     if vw is None:
@@ -162,7 +162,7 @@ def _parse_viewport(text: str | None) -> tuple[tuple[int, int] | None, tuple[int
 def _parse_quality(text: str | None) -> int:
     if text is None or text == "":
         return DEFAULT_QUALITY
-    if not text.strip().isdigit() or not 1 <= int(text) <= 100:
+    if not _INTEGER.fullmatch(text.strip()) or not 1 <= int(text) <= 100:
         raise _bad("Invalid quality", f"quality is an integer from 1 to 100, not {text[:40]!r}")
     return int(text)
 
@@ -202,7 +202,7 @@ def _frame_numbers(text: str) -> list[int]:
     numbers: list[int] = []
     for piece in text.split(","):
         piece = piece.strip()
-        if not piece.isdigit() or int(piece) < 1:
+        if not _INTEGER.fullmatch(piece) or int(piece) < 1:
             raise _bad("Invalid frame list", f"frame numbers are positive integers separated by commas, not {text[:80]!r}")
         numbers.append(int(piece))
     if len(numbers) > MAX_PARTS:
