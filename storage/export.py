@@ -48,7 +48,7 @@ from sqlalchemy.engine import Connection
 
 from storage.errors import ArchiveError, ObjectNotFound
 from storage.index import Index, migrate
-from storage.index.schema import SCHEMA_VERSION, instance, instance_version, meta, metadata
+from storage.index.schema import SCHEMA_VERSION, instance, instance_version, meta, metadata, trash_item
 from storage.objects import LocalObjectStore, ObjectStore
 from storage.objects.encrypted import MAGIC, EncryptedObjectStore, _Header
 from storage.verify import VerifyReport, verify
@@ -238,6 +238,11 @@ def dump_index(index: Index) -> IndexSnapshot:
             dumps[table.name], rows[table.name] = _dump_table(conn, table)
         for t in (instance, instance_version):
             referenced += [(r[0], r[1]) for r in conn.execute(sa.select(t.c.object_key, t.c.object_sha256).order_by(t.c.pk))]
+        # Deleted instances waiting in the trash stay restorable from an export too.
+        held = sa.select(trash_item.c.object_key, trash_item.c.object_sha256).where(
+            trash_item.c.restored_at.is_(None), trash_item.c.purged_at.is_(None)
+        )
+        referenced += [(r[0], r[1]) for r in conn.execute(held.order_by(trash_item.c.pk))]
     return IndexSnapshot(dumps, rows, referenced, revision)
 
 

@@ -38,7 +38,7 @@ import sqlalchemy as sa
 from storage import export as exporting
 from storage.errors import ArchiveError, InstanceAlreadyExists, ObjectNotFound
 from storage.index import Index
-from storage.index.schema import instance, instance_version, meta, replication_job
+from storage.index.schema import instance, instance_version, meta, replication_job, trash_item
 from storage.objects import ObjectStore
 
 log = logging.getLogger("filmless.replication")
@@ -53,7 +53,8 @@ def _now() -> datetime:
 
 
 def _referenced() -> sa.Subquery:
-    return sa.union(sa.select(instance.c.object_key), sa.select(instance_version.c.object_key)).subquery()
+    held = sa.select(trash_item.c.object_key).where(trash_item.c.restored_at.is_(None), trash_item.c.purged_at.is_(None))
+    return sa.union(sa.select(instance.c.object_key), sa.select(instance_version.c.object_key), held).subquery()
 
 
 @dataclass

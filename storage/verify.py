@@ -9,18 +9,19 @@ failures (they never held an acknowledged object).
 and no compression job or pending deletion names them) and temporary files, both only when
 older than ``min_age`` seconds, since a young orphan may be the object of an ingest whose index
 commit is still under way. Before an orphan is deleted the index is asked again; nothing an
-index row references is ever deleted.
+index row references is ever deleted. Objects of deleted instances that wait in the trash
+(not yet restored or purged) count as referenced: they are checked like the others.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from storage.errors import ArchiveError, ObjectNotFound
-from storage.index import Index
+from storage.index import Index, trash
 from storage.objects import LocalObjectStore, ObjectStore, layers
 
 REPAIR_MIN_AGE = 3600.0
@@ -54,7 +55,7 @@ def verify(
 ) -> VerifyReport:
     report = VerifyReport()
     referenced: set[str] = set()
-    for kind, uid, key, expected in index.referenced_objects():
+    for kind, uid, key, expected in _referenced(index):
         referenced.add(key)
         report.checked += 1
         try:
@@ -89,6 +90,14 @@ def verify(
     for local in local_stores:
         report.temporaries += [str(local.root / name) for name in local.temporaries()]
     return report
+
+
+def _referenced(index: Index) -> Iterator[tuple[str, str, str, str]]:
+    """Every object the index points at: current instances, prior versions, and the objects
+    trash items hold until they are restored or purged (those are never orphans)."""
+    yield from index.referenced_objects()
+    for uid, key, sha in trash.held_objects(index):
+        yield "trashed instance", uid, key, sha
 
 
 def _remove_orphans(index: Index, store: ObjectStore, orphans: list[str], min_age: float, report: VerifyReport) -> list[str]:

@@ -55,6 +55,7 @@ from storage.index.schema import (
     patient,
     series,
     study,
+    trash_item,
 )
 
 
@@ -726,10 +727,18 @@ class Index:
             return [(int(r[0]), str(r[1])) for r in rows]
 
     def is_referenced(self, key: str) -> bool:
+        """Whether a current instance, a prior version or a trash item not yet restored or
+        purged (storage/index/trash.py) points at the object ``key``."""
         with self.read() as conn:
             return (
                 conn.execute(select(instance.c.pk).where(instance.c.object_key == key)).first() is not None
                 or conn.execute(select(instance_version.c.pk).where(instance_version.c.object_key == key)).first()
+                is not None
+                or conn.execute(
+                    select(trash_item.c.pk).where(
+                        trash_item.c.object_key == key, trash_item.c.restored_at.is_(None), trash_item.c.purged_at.is_(None)
+                    )
+                ).first()
                 is not None
             )
 
