@@ -88,6 +88,7 @@ def create_app(archive: Archive) -> FastAPI:
     for module, tag in ((qido, "QIDO-RS"), (wado, "WADO-RS"), (rendered, "rendered"), (stow, "STOW-RS")):
         app.include_router(module.router, prefix=DICOMWEB_PREFIX, tags=[tag])
     app.include_router(wado_uri.router, tags=["WADO-URI"])
+    app.include_router(admin_routes.dicomweb_router, prefix=DICOMWEB_PREFIX, tags=["administration"])
     app.include_router(viewer.create_router(DICOMWEB_PREFIX))
     return app
 
