@@ -175,7 +175,7 @@ def _restore_high_bits(raw: bytes, layout: PixelLayout) -> bytes:
 def _decode_with_pydicom(data: bytes) -> bytes:
     ds = dcmread(BytesIO(data))
     try:
-        ds.decompress()
+        ds.decompress(generate_instance_uid=False)  # the decoded object is the same instance
     except Exception as exc:  # noqa: BLE001 - the pixel handlers raise many types
         raise CodecError(f"cannot decode {ds.file_meta.TransferSyntaxUID.name}: {exc}") from exc
     out = BytesIO()

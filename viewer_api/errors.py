@@ -17,12 +17,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from storage.errors import (
     ArchiveError,
+    CodecError,
     IndexUnavailable,
     ObjectNotFound,
     ObjectStoreError,
     ObjectTooLarge,
     RejectedInstance,
 )
+from storage.frames import FrameNotFound
 from storage.index.users import UserError
 from storage.query import QueryError
 from viewer_api.security import AuthError, Forbidden
@@ -38,6 +40,8 @@ _TABLE: tuple[tuple[type[Exception], int, str], ...] = (
     (ObjectStoreError, 503, "Object store unavailable"),
     (IndexUnavailable, 503, "Index unavailable"),
     (QueryError, 400, "Invalid query"),
+    (FrameNotFound, 404, "Not found"),
+    (CodecError, 422, "Undecodable pixel data"),
     (UserError, 400, "Invalid user operation"),
 )
 

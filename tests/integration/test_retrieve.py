@@ -268,3 +268,23 @@ def test_newer_index_is_refused(tmp_path: Any) -> None:
     finally:
         index.dispose()
 
+
+
+def test_decoding_a_sender_compressed_object_keeps_its_instance_uid() -> None:
+    """pydicom's decompress() makes a new SOP Instance UID unless told not to; a retrieve
+    must send the instance the index names."""
+    from io import BytesIO
+
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+
+    from storage.retrieve import decode_to_native
+
+    path = get_testdata_file("SC_rgb_rle.dcm")
+    assert path is not None
+    original = dcmread(path)
+    with open(path, "rb") as fh:
+        decoded = dcmread(BytesIO(decode_to_native(fh.read())))
+    assert decoded.SOPInstanceUID == original.SOPInstanceUID
+    assert decoded.file_meta.MediaStorageSOPInstanceUID == original.SOPInstanceUID
+    assert not decoded.file_meta.TransferSyntaxUID.is_compressed

@@ -297,7 +297,7 @@ def _frame_numbers(text: str) -> list[int]:
     numbers: list[int] = []
     for piece in text.split(","):
         piece = piece.strip()
-        if not piece.isdigit() or int(piece) < 1:
+        if not (piece.isascii() and piece.isdigit()) or int(piece) < 1:
             raise Problem(400, "Invalid frame list", f"frame numbers are positive integers separated by commas, not {text[:80]!r}")
         numbers.append(int(piece))
     if len(numbers) > _MAX_FRAMES_PER_REQUEST:
