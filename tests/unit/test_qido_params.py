@@ -17,11 +17,14 @@ from viewer_api.dicomweb.qido import (
     STUDY_SERIES,
     Attribute,
     ParameterError,
+    Resource,
+    ResultWriter,
     acceptable_type,
     parse_attribute,
     parse_bool,
     parse_search,
     parse_uint,
+    result,
     retrieve_url,
 )
 
@@ -213,3 +216,62 @@ def test_retrieve_urls() -> None:
     assert retrieve_url(base, QueryLevel.STUDY, row) == f"{base}/studies/1.2"
     assert retrieve_url(base, QueryLevel.SERIES, row) == f"{base}/studies/1.2/series/1.2.3"
     assert retrieve_url(base, QueryLevel.IMAGE, row) == f"{base}/studies/1.2/series/1.2.3/instances/1.2.3.4"
+
+
+# --- the DICOM JSON writer -----------------------------------------------------------------
+WRITER_ROWS: list[dict[str, object]] = [
+    # nothing known but the UIDs: every attribute the index holds, zero length
+    {"StudyInstanceUID": "1.2.3", "SeriesInstanceUID": "1.2.3.4", "SOPInstanceUID": "1.2.3.4.5"},
+    {
+        "StudyInstanceUID": "1.2.3",
+        "SeriesInstanceUID": "1.2.3.4",
+        "SOPInstanceUID": "1.2.3.4.5",
+        "PatientName": "Nguyễn^Văn Đức",
+        "PatientID": "BN00012345",
+        "PatientBirthDate": "19580412",
+        "StudyDate": "20240301",
+        "StudyTime": "070000.123",
+        "ModalitiesInStudy": "CT\\SR",
+        "SOPClassesInStudy": "1.2.840.10008.5.1.4.1.1.2",
+        "NumberOfStudyRelatedInstances": 301,
+        "NumberOfStudyRelatedSeries": "2",
+        "ReferringPhysicianName": "Võ^Minh Tâm^^BS.",
+        "PerformingPhysicianName": "A^B\\C^D",
+        "InstanceNumber": "7",
+        "Rows": 512,
+        "Columns": 512,
+        "NumberOfFrames": None,
+        "ImageType": "ORIGINAL\\PRIMARY\\AXIAL",
+        "OtherPatientIDsSequence": '[{"id": "001058012345", "issuer": "VN-CCCD", "type": "TEXT"}]',
+        "AvailableTransferSyntaxUID": "1.2.840.10008.1.2.4.80",
+        "AcquisitionDateTime": "20240301070000",
+        "Modality": "CT",
+        "SeriesNumber": 3,
+    },
+    {
+        # the cases the writer leaves to pydicom, and values a strict writer would refuse
+        "StudyInstanceUID": "1.2.3",
+        "SeriesInstanceUID": "1.2.3.4",
+        "SOPInstanceUID": "1.2.3.4.5",
+        "PatientName": "Yamada^Tarou=山田^太郎=やまだ^たろう",
+        "ModalitiesInStudy": "CT\\\\MR",
+        "NumberOfStudyRelatedInstances": "many",
+        "InstanceNumber": "",
+        "PatientSex": "",
+        "OtherPatientIDsSequence": None,
+        "StudyDescription": "  spaces kept  ",
+    },
+]
+
+
+@pytest.mark.parametrize("resource", [ALL_STUDIES, ALL_SERIES, ALL_INSTANCES])
+@pytest.mark.parametrize("row", WRITER_ROWS)
+def test_the_fast_writer_equals_the_pydicom_reference(resource: Resource, row: dict[str, object]) -> None:
+    for includes in ([], [("includefield", "all")]):
+        search = parse_search(resource, includes)
+        query = build_query(search.identifier, STUDY_ROOT, search.options())
+        full = {"level_pk": 1, **row}
+        service = "http://pacs.example/dicom-web"
+        fast = ResultWriter(query, service)(full)
+        assert fast == result(query, full, service)
+        assert list(fast) == sorted(fast)

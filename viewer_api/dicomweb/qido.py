@@ -37,6 +37,8 @@ from pydicom.tag import BaseTag, Tag
 
 from storage.errors import ArchiveError
 from storage.query import STUDY_ROOT, MatchOptions, Query, QueryError, QueryLevel, build_query
+from storage.query.keys import INSTANCE_AVAILABILITY, RETRIEVE_AE_TITLE
+from storage.query.response import RESPONSE_CHARACTER_SET
 from viewer_api.audit import client_host
 from viewer_api.context import base_url, get_web, require
 from viewer_api.dicomjson import DICOM_JSON, DicomJSONResponse, to_json
@@ -418,12 +420,105 @@ def retrieve_url(service: str, level: QueryLevel, row: Mapping[str, Any]) -> str
 
 
 def result(query: Query, row: Mapping[str, Any], service: str) -> dict[str, Any]:
-    """One match as a DICOM JSON object: the engine's response identifier without the
-    C-FIND-only Query/Retrieve Level, with Retrieve URL."""
+    """One match as a DICOM JSON object, through pydicom: the engine's response identifier
+    without the C-FIND-only Query/Retrieve Level, with Retrieve URL. The reference that
+    :class:`ResultWriter` must equal."""
     ds = query.response(row)
     del ds[QUERY_RETRIEVE_LEVEL]
     ds.add(DataElement(RETRIEVE_URL, "UR", retrieve_url(service, query.level, row), validation_mode=config.IGNORE))
     return dict(sorted(to_json(ds).items()))  # PS3.18 F.2: attributes in tag order
+
+
+_INTEGER_VRS = frozenset({"IS", "US", "UL", "SS", "SL", "SV", "UV"})
+_STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
+
+
+@dataclass(frozen=True)
+class _Field:
+    tag: int
+    key: str  # the DICOM JSON name: 8 hexadecimal digits
+    vr: str
+    keyword: str
+    kind: str  # "int", "str", "pn", "online", "ae", "charset", "url" or "other" (pydicom)
+    multi: bool = False
+
+
+class ResultWriter:
+    """DICOM JSON objects straight from index rows, about ten times faster than building a
+    pydicom Dataset per match and converting it (what :func:`result` does): a study list of
+    hundreds of matches is mostly this work. Values the simple rules do not cover (sequences,
+    person names with ideographic or phonetic groups, empty values inside a list, other VRs)
+    are taken from :func:`result`, so the output is the same; tests compare the two."""
+
+    def __init__(self, query: Query, service: str) -> None:
+        self.query = query
+        self.service = service
+        fields = [
+            _Field(SPECIFIC_CHARACTER_SET, f"{SPECIFIC_CHARACTER_SET:08X}", "CS", "", "charset"),
+            _Field(RETRIEVE_URL, f"{RETRIEVE_URL:08X}", "UR", "", "url"),
+        ]
+        for rk in query.return_keys:
+            if rk.tag in (SPECIFIC_CHARACTER_SET, RETRIEVE_URL, QUERY_RETRIEVE_LEVEL):
+                continue
+            if rk.tag == INSTANCE_AVAILABILITY:
+                kind = "online"
+            elif rk.tag == RETRIEVE_AE_TITLE:
+                kind = "ae"
+            elif rk.key is None or rk.key.column is None:
+                continue  # not held by the index: not returned (PS3.4 C.2.2.1.3)
+            elif rk.vr in _INTEGER_VRS:
+                kind = "int"
+            elif rk.vr == "PN":
+                kind = "pn"
+            elif rk.vr in _STRING_VRS:
+                kind = "str"
+            else:
+                kind = "other"
+            multi = rk.key is not None and rk.key.multi_valued
+            fields.append(_Field(rk.tag, f"{rk.tag:08X}", rk.vr, rk.keyword, kind, multi))
+        self.fields = sorted(fields, key=lambda f: f.tag)
+
+    def __call__(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        reference: dict[str, Any] | None = None
+        for f in self.fields:
+            entry = self._entry(f, row)
+            if entry is None:
+                if reference is None:
+                    reference = result(self.query, row, self.service)
+                entry = reference.get(f.key)
+                if entry is None:
+                    continue
+            out[f.key] = entry
+        return out
+
+    def _entry(self, f: _Field, row: Mapping[str, Any]) -> dict[str, Any] | None:
+        kind = f.kind
+        if kind == "charset":
+            return {"vr": "CS", "Value": [RESPONSE_CHARACTER_SET]}
+        if kind == "url":
+            return {"vr": "UR", "Value": [retrieve_url(self.service, self.query.level, row)]}
+        if kind == "online":
+            return {"vr": f.vr, "Value": ["ONLINE"]}
+        value = self.query.options.retrieve_ae_title if kind == "ae" else row.get(f.keyword)
+        if value is None or value == "":
+            return {"vr": f.vr} if kind != "other" else None
+        if kind == "int":
+            try:
+                return {"vr": f.vr, "Value": [int(value)]}
+            except (TypeError, ValueError):
+                return {"vr": f.vr}
+        if kind not in ("str", "pn", "ae"):
+            return None
+        text = value if isinstance(value, str) else str(value)
+        parts = text.split("\\") if f.multi and "\\" in text else [text]
+        if "" in parts:
+            return None
+        if kind == "pn":
+            if "=" in text:
+                return None
+            return {"vr": "PN", "Value": [{"Alphabetic": part} for part in parts]}
+        return {"vr": f.vr, "Value": parts}
 
 
 def _quoted(text: str) -> str:
@@ -532,7 +627,8 @@ def search_resource(
     if more:
         rows = rows[:limit]
     service = base_url(request) + "/dicom-web"
-    results = [result(query, cast(Mapping[str, Any], row._mapping), service) for row in rows]
+    write = ResultWriter(query, service)
+    results = [write(cast(Mapping[str, Any], row._mapping)) for row in rows]
     warnings = _warnings(search, query, more, service)
     outcome: dict[str, Any] = {"matches": len(results)}
     if more:
