@@ -33,7 +33,7 @@ WIDTH = 100
 
 HEADER = """\
 .env for docker-compose.yml: copy it to .env (chmod 600: it holds every secret of the
-deployment), fill in the three empty secrets, then `docker-compose up -d`.
+deployment), fill in the four empty secrets, then `docker-compose up -d`.
 
 docker-compose.yml reads this file twice: for the settings of the PostgreSQL and MinIO services
 (the ${...} in it), and as the environment of every filmless service (env_file), so the DICOM
@@ -84,6 +84,11 @@ COMPOSE_VALUES: dict[str, tuple[str, str]] = {
         "Required: the password minio-init gives that user (at least 8 characters; `openssl rand -hex 24`).",
     ),
     "FILMLESS_S3_REGION": ("us-east-1", "docker-compose.yml: MinIO's region."),
+    "FILMLESS_INITIAL_ADMIN_PASSWORD": (
+        "",
+        "Required: filmless-api listens on the network, which needs a user; on its first start it "
+        "creates admin with this password (at least 8 characters; `openssl rand -base64 18`).",
+    ),
     "FILMLESS_ACCEPT_UNKNOWN_AES": ("false", "Must be false in production (FILMLESS_ENVIRONMENT)."),
 }
 """Settings the deployment sets in .env: name -> (value, what docker-compose.yml makes of it)."""
@@ -91,6 +96,7 @@ COMPOSE_VALUES: dict[str, tuple[str, str]] = {
 COMPOSE_FIXED: dict[str, str] = {
     "FILMLESS_COMPONENTS": "set by docker-compose.yml for each service (dicom, api)",
     "FILMLESS_DATA": "set by docker-compose.yml: /data, the volume filmless-data",
+    "FILMLESS_HTTP_HOST": "set by docker-compose.yml: 0.0.0.0, so that the published port answers",
 }
 """Settings docker-compose.yml sets itself for each filmless service (``environment:``)."""
 

@@ -357,11 +357,17 @@ class OidcVerifier:
 
 
 def ensure_initial_admin(users: Users, settings: Settings) -> bool:
-    """Create the user ``admin`` from ``initial_admin_password`` when no user exists yet."""
-    if settings.initial_admin_password is None or users.count() > 0:
+    """Create the user ``admin`` from ``initial_admin_password`` when no user exists yet (an
+    empty value counts as unset)."""
+    password = settings.initial_admin_password.get_secret_value() if settings.initial_admin_password else ""
+    if not password or users.count() > 0:
         return False
     try:
-        users.add("admin", "admin", hash_password(settings.initial_admin_password.get_secret_value()))
+        password_hash = hash_password(password)
+    except UserError as exc:
+        raise SystemExit(f"initial_admin_password: {exc}") from None
+    try:
+        users.add("admin", "admin", password_hash)
     except UserError as exc:
         if "exists" in str(exc):
             return False  # another process made it first

@@ -47,7 +47,7 @@ pytestmark = [pytest.mark.e2e]
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
-SECRETS = ("POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "FILMLESS_S3_SECRET_KEY")
+SECRETS = ("POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "FILMLESS_S3_SECRET_KEY", "FILMLESS_INITIAL_ADMIN_PASSWORD")
 LONG_RUNNING = ("postgres", "minio", "filmless-dicom", "filmless-api")
 ONE_SHOT = ("minio-init", "filmless-init")
 

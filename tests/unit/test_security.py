@@ -252,6 +252,7 @@ def test_claims_by_dotted_path() -> None:
 def test_the_initial_admin_is_made_once_and_only_when_asked(tmp_path: Path) -> None:
     empty = MemoryUsers()
     assert not ensure_initial_admin(empty, Settings(data=tmp_path))  # type: ignore[arg-type]
+    assert not ensure_initial_admin(empty, Settings(data=tmp_path, initial_admin_password=""))  # type: ignore[arg-type]
     assert empty.count() == 0
     assert ensure_initial_admin(empty, Settings(data=tmp_path, initial_admin_password=PASSWORD))  # type: ignore[arg-type]
     admin = empty.get("admin")
@@ -276,3 +277,10 @@ def test_remote_access_needs_a_user_who_can_sign_in(tmp_path: Path) -> None:
     nobody.change("admin", disabled=True)
     with pytest.raises(SystemExit):
         check_remote_access(nobody, remote)  # type: ignore[arg-type]
+
+
+def test_a_too_short_initial_admin_password_stops_start_up(tmp_path: Path) -> None:
+    empty = MemoryUsers()
+    with pytest.raises(SystemExit, match="initial_admin_password: a password has at least 8"):
+        ensure_initial_admin(empty, Settings(data=tmp_path, initial_admin_password="short"))  # type: ignore[arg-type]
+    assert empty.count() == 0
