@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLSLossless
 
@@ -128,3 +129,54 @@ def test_unknown_object_is_404_and_unknown_content_type_406(ct: tuple[WebArchive
 def test_needs_read_permission(ct: tuple[WebArchive, RetrievableInstance, Path]) -> None:
     web, item, _path = ct
     assert web.anonymous.get("/wado", params=query(item)).status_code == 401
+
+
+# --- rendered images -----------------------------------------------------------------------------
+def _image(reply: Any) -> Image.Image:
+    assert reply.status_code == 200, reply.text
+    return Image.open(BytesIO(reply.content))
+
+
+def test_single_frame_image_defaults_to_jpeg(ct: tuple[WebArchive, RetrievableInstance, Path]) -> None:
+    web, item, _path = ct
+    reply = get(web, query(item))
+    assert reply.headers["content-type"] == "image/jpeg"
+    image = _image(reply)
+    assert image.format == "JPEG" and image.size == (64, 64) and image.mode == "L"
+    web.flush_audit()
+    event = next(e for e in web.archive.index.audit_events(20) if e.action == "dicomweb.wado-uri")
+    assert '"content_type": "image/jpeg"' in event.detail
+
+
+def test_png_in_a_viewport_with_a_window(ct: tuple[WebArchive, RetrievableInstance, Path]) -> None:
+    web, item, _path = ct
+    image = _image(get(web, query(item, contentType="image/gif, image/png", rows="32")))
+    assert image.format == "PNG" and image.size == (32, 32)
+    assert _image(get(web, query(item, contentType="image/png", rows="500", columns="500"))).size == (64, 64)  # never enlarged
+    default = np.asarray(_image(get(web, query(item, contentType="image/png"))))
+    lung = np.asarray(_image(get(web, query(item, contentType="image/png", windowCenter="-600", windowWidth="1500"))))
+    assert default.shape == lung.shape and not np.array_equal(default, lung)
+    low = get(web, query(item, imageQuality="5"))
+    high = get(web, query(item, imageQuality="100"))
+    assert len(low.content) < len(high.content)
+    reply = get(web, query(item, contentType="image/png", windowCenter="40", windowWidth="0.5"))
+    assert reply.status_code == 400 and "at least 1" in reply.json()["detail"]
+
+
+def test_multiframe_and_non_image_objects(web: WebArchive, tmp_path: Path) -> None:
+    us = synthetic.write_datasets([synthetic.us_multiframe(4, rows=48, cols=64, seed=22)], tmp_path / "us")[0]
+    sr = synthetic.write_datasets([synthetic.sr_document(seed=22)], tmp_path / "sr")[0]
+    for path in (us, sr):
+        web.ingest_file(path)
+    us_item = web.archive.index.retrievable(sop_instance_uids=[str(dcmread(us).SOPInstanceUID)])[0]
+    sr_item = web.archive.index.retrievable(sop_instance_uids=[str(dcmread(sr).SOPInstanceUID)])[0]
+    # Without contentType a multi-frame image and a report go as DICOM.
+    for item in (us_item, sr_item):
+        reply = get(web, query(item))
+        assert reply.status_code == 200 and reply.headers["content-type"].startswith("application/dicom")
+    frame = _image(get(web, query(us_item, frameNumber="3")))
+    assert frame.format == "JPEG" and frame.size == (64, 48)
+    reply = get(web, query(us_item, contentType="image/png", frameNumber="9"))
+    assert reply.status_code == 400 and "4 frame" in reply.json()["detail"]
+    reply = get(web, query(sr_item, contentType="image/jpeg"))
+    assert reply.status_code == 406 and "not an image" in reply.json()["detail"]

@@ -4,9 +4,8 @@ integrations older than DICOMweb.
 ``GET /wado?requestType=WADO&studyUID=..&seriesUID=..&objectUID=..[&contentType=..]``
 
 * ``contentType=application/dicom``: the instance as stored, or with ``transferSyntax=`` in
-  that syntax (native syntaxes decoded pixel-exact from the lossless stored form; PS3.18
-  9.1.2.3.3);
-* ``image/jpeg`` (the default for a single-frame image, PS3.18 9.2.1) and ``image/png``: the
+  that syntax (native syntaxes decoded pixel-exact from the lossless stored form);
+* ``image/jpeg`` (the default for a single-frame image) and ``image/png``: the
   image rendered, with ``frameNumber``, ``rows``/``columns`` (the viewport: the image is
   scaled to fit, never enlarged), ``windowCenter``/``windowWidth`` and ``imageQuality``.
   Without ``contentType`` an object that is not a single-frame image is sent as
@@ -30,7 +29,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from storage import render
 from storage.errors import CodecError
+from storage.frames import FrameNotFound, FrameSource
 from storage.index import RetrievableInstance
 from storage.retrieve import NoAcceptableTransferSyntax
 from viewer_api.audit import client_host
@@ -41,8 +42,8 @@ from viewer_api.security import Principal
 router = APIRouter()
 
 DICOM = "application/dicom"
-JPEG = "image/jpeg"
-PNG = "image/png"
+JPEG = render.JPEG
+PNG = render.PNG
 _RENDERED = (JPEG, PNG)
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _UTF8 = frozenset({"utf-8", "utf8", "iso_ir 192", "iso-ir 192", "iso_ir192"})
@@ -190,7 +191,7 @@ def _variant(wanted: WadoRequest, content_type: str) -> str:
 
 def _content_type(web: Web, wanted: WadoRequest, item: RetrievableInstance) -> str:
     """The media type to answer with: the first of ``contentType`` offered, else the default
-    of PS3.18 9.2.1 (JPEG for a single-frame image, else DICOM)."""
+    of PS3.18 9 (JPEG for a single-frame image, else DICOM)."""
     if not wanted.content_types:
         row = web.archive.index.get_instance(item.sop_instance_uid)
         frames = (row.number_of_frames or 1) if row is not None else 1
@@ -243,4 +244,36 @@ def _dicom(web: Web, item: RetrievableInstance, wanted: WadoRequest) -> tuple[by
 
 
 def _rendered(web: Web, item: RetrievableInstance, wanted: WadoRequest, content_type: str) -> bytes:
-    raise Problem(406, "Not acceptable", f"{content_type} is not offered yet; ask for {DICOM}")
+    """One frame rendered to JPEG or PNG (:mod:`storage.render`, PS3.18 8.3.5)."""
+    try:
+        source = FrameSource.from_bytes(web.retriever.read(item))
+    except CodecError as exc:
+        raise Problem(406, "Not acceptable", f"the instance cannot be rendered ({exc}); ask for {DICOM}") from exc
+    if source.number_of_frames == 0:
+        raise Problem(406, "Not acceptable", f"the instance is not an image (no pixel data); ask for {DICOM}")
+    number = wanted.frame or 1
+    if number > source.number_of_frames:
+        raise _bad(f"frameNumber {number} does not exist: the image has {source.number_of_frames} frame(s)")
+    window = None
+    if wanted.window is not None:
+        try:
+            window = render.check_window(*wanted.window, render.LINEAR)
+        except ValueError as exc:
+            raise _bad(str(exc)) from None
+    try:
+        pixels = source.array(number)
+        height, width = pixels.shape[0], pixels.shape[1]
+        viewport = None
+        if wanted.rows is not None or wanted.columns is not None:
+            # Scaled down to fit (aspect ratio kept), never enlarged.
+            viewport = (min(wanted.columns or width, width), min(wanted.rows or height, height))
+        return render.render(
+            render.frame_header(source.header, number),
+            pixels,
+            window=window,
+            viewport=viewport,
+            media_type=content_type,
+            quality=wanted.quality or render.DEFAULT_QUALITY,
+        )
+    except (CodecError, FrameNotFound) as exc:
+        raise Problem(406, "Not acceptable", f"the image cannot be rendered ({exc}); ask for {DICOM}") from exc
