@@ -75,7 +75,7 @@ class WadoRequest:
 
 
 def parse(query: Mapping[str, str]) -> WadoRequest:
-    """Check a WADO-URI query (PS3.18 9.1.2 and 9.2); :class:`Problem` 400 for what is wrong."""
+    """Check a WADO-URI query (PS3.18 9); :class:`Problem` 400 for what is wrong."""
     request_type = query.get("requestType")
     if request_type is None:
         raise _bad("requestType is required (requestType=WADO)")
