@@ -425,10 +425,16 @@ class Index:
     def replace_instance(self, conn: Connection, existing: Row[Any], new: NewInstance) -> int:
         """Make a new version current; the previous object is kept in ``instance_version``."""
         now = utcnow()
+        # An instance deleted to the trash leaves its prior versions behind until purged; sent
+        # again, it starts at version 1, so its own prior versions number on after those.
+        highest = conn.execute(
+            select(func.max(instance_version.c.version)).where(instance_version.c.sop_instance_uid == existing.sop_instance_uid)
+        ).scalar()
+        kept_as = existing.version if highest is None or highest < existing.version else int(highest) + 1
         conn.execute(
             insert(instance_version).values(
                 sop_instance_uid=existing.sop_instance_uid,
-                version=existing.version,
+                version=kept_as,
                 object_key=existing.object_key,
                 object_sha256=existing.object_sha256,
                 stored_size=existing.stored_size,
@@ -446,7 +452,7 @@ class Index:
         old_study_pk = conn.execute(select(series.c.study_pk).where(series.c.pk == old_series_pk)).scalar_one()
         series_row, study_row = self._upsert_hierarchy(conn, new.attrs, now)
         values = self._instance_values(new, now)
-        values.update(series_pk=series_row.pk, version=existing.version + 1)
+        values.update(series_pk=series_row.pk, version=kept_as + 1)
         conn.execute(update(instance).where(instance.c.pk == existing.pk).values(**values))
         self._refresh_derived(conn, series_row.pk, study_row.pk, now)
         if old_series_pk != series_row.pk:

@@ -275,3 +275,33 @@ def test_an_export_keeps_the_trash_restorable(make_archive: Any, tmp_path: Any) 
     assert copy.object_sha256 == item.object_sha256
     assert [r.outcome for r in _trash(target).restore([copy])] == [RestoreOutcome.RESTORED]
     assert target.index.get_instance(item.sop_instance_uid) is not None
+
+
+def test_an_instance_sent_again_after_its_deletion_can_be_replaced_again(archive: Archive) -> None:
+    """The trashed lineage keeps its prior versions (1) until purged; the instance sent again
+    starts a new lineage, whose own replacements must not collide with them."""
+    (ds,) = small_ct(1, size=32, seed=14)
+    archive.ingest.store_file(to_part10(ds), SOURCE)
+    second = ds.copy()
+    second.StudyDescription = "second"
+    assert archive.ingest.store_file(to_part10(second), SOURCE).outcome is Outcome.REPLACED
+    _trash(archive).delete(str(ds.StudyInstanceUID), reason="wrong patient", actor="a")
+    third = ds.copy()
+    third.StudyDescription = "third"
+    assert archive.ingest.store_file(to_part10(third), SOURCE).outcome is Outcome.STORED
+    fourth = ds.copy()
+    fourth.StudyDescription = "fourth"
+    assert archive.ingest.store_file(to_part10(fourth), SOURCE).outcome is Outcome.REPLACED
+    versions = sorted(r.version for r in rows(archive, schema.instance_version))
+    assert len(versions) == len(set(versions)) == 2
+    assert verify(archive.index, archive.store).ok
+    # Purging the trashed lineage removes its prior version, not the new lineage's.
+    _age(archive, 31)
+    with archive.index.write() as conn:  # the new lineage's replacement happened just now
+        conn.execute(update(schema.instance_version).where(schema.instance_version.c.version == max(versions)).values(superseded_at=utcnow()))
+    trash = _trash(archive)
+    report = trash.purge(trash.due(timedelta(days=30)))
+    assert report.prior_versions == 1
+    (left,) = rows(archive, schema.instance_version)
+    assert left.version == max(versions)
+    assert verify(archive.index, archive.store).ok
