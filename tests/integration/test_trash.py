@@ -305,3 +305,39 @@ def test_an_instance_sent_again_after_its_deletion_can_be_replaced_again(archive
     (left,) = rows(archive, schema.instance_version)
     assert left.version == max(versions)
     assert verify(archive.index, archive.store).ok
+
+
+def test_deletes_during_ingest_into_the_same_study_lose_nothing(archive: Archive) -> None:
+    """An ingest and deletes of the same study at once (on PostgreSQL truly in parallel): each
+    instance ends up either current or in the trash, never both or neither, and the counts
+    are right."""
+    import threading
+
+    cts = small_ct(12, size=32, seed=15)
+    study_uid = str(cts[0].StudyInstanceUID)
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def send() -> None:
+        try:
+            for ds in cts:
+                archive.ingest.store_file(to_part10(ds), SOURCE)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            done.set()
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    deletes = 0
+    while not done.is_set() or deletes == 0:
+        deletes += bool(_trash(archive).delete(study_uid, reason="race", actor="a"))
+    sender.join()
+    assert not errors, errors
+    current = {r.sop_instance_uid for r in rows(archive, schema.instance)}
+    trashed = [i.sop_instance_uid for i in trash_index.items(archive.index)]
+    assert len(trashed) == len(set(trashed))
+    assert current | set(trashed) == {str(ds.SOPInstanceUID) for ds in cts}
+    assert not current & set(trashed)
+    assert_derived_consistent(archive)
+    assert verify(archive.index, archive.store).ok
