@@ -365,3 +365,4 @@ trash_item = Table(
 Index("ix_trash_item_trashed_at", trash_item.c.trashed_at)
 Index("ix_trash_item_study", trash_item.c.study_instance_uid)
 Index("ix_trash_item_sop", trash_item.c.sop_instance_uid)
+Index("ix_trash_item_object_key", trash_item.c.object_key)  # is_referenced, on every object deletion

@@ -111,6 +111,7 @@ def upgrade() -> None:
         op.create_index("ix_trash_item_trashed_at", "trash_item", ["trashed_at"], unique=False)
         op.create_index("ix_trash_item_study", "trash_item", ["study_instance_uid"], unique=False)
         op.create_index("ix_trash_item_sop", "trash_item", ["sop_instance_uid"], unique=False)
+        op.create_index("ix_trash_item_object_key", "trash_item", ["object_key"], unique=False)
     if bind.dialect.name == "postgresql":
         names = {ix["name"] for ix in inspector.get_indexes("patient")}
         if "ix_patient_name_folded_pattern" not in names:
@@ -137,6 +138,7 @@ def downgrade() -> None:
     elif bind.dialect.name == "sqlite":
         op.execute("DROP TRIGGER IF EXISTS audit_event_no_update")
         op.execute("DROP TRIGGER IF EXISTS audit_event_no_delete")
+    op.drop_index("ix_trash_item_object_key", table_name="trash_item")
     op.drop_index("ix_trash_item_sop", table_name="trash_item")
     op.drop_index("ix_trash_item_study", table_name="trash_item")
     op.drop_index("ix_trash_item_trashed_at", table_name="trash_item")
