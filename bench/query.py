@@ -41,6 +41,7 @@ import os
 import platform
 import random
 import re
+import secrets
 import shlex
 import shutil
 import socket
@@ -698,6 +699,259 @@ def measure(
     return results, answers, facts
 
 
+# ------------------------------------------------------------------------ QIDO-RS
+
+
+QIDO_INCLUDE = "StudyDescription"
+"""Asked for on top of the default study attributes (PS3.18 Table 10.6.3-3), as a viewer's
+study list does."""
+
+
+@dataclass(frozen=True)
+class QidoKind:
+    """One QIDO-RS study search: a query kind's keys, fuzzy matching or not, a limit or not."""
+
+    name: str
+    label: str
+    base: QueryKind
+    fuzzy: bool
+    limit: int | None
+
+    def params(self) -> list[tuple[str, str]]:
+        params = [*self.base.keys.items(), ("includefield", QIDO_INCLUDE)]
+        if self.fuzzy:
+            params.append(("fuzzymatching", "true"))
+        if self.limit is not None:
+            params.append(("limit", str(self.limit)))
+        return params
+
+
+def qido_kinds(kinds: Sequence[QueryKind], limit: int) -> list[QidoKind]:
+    """For each query kind: the default limit (the server's maximum) and ``limit``; person-name
+    kinds also with ``fuzzymatching=true`` (accent-insensitive)."""
+    out: list[QidoKind] = []
+    for kind in kinds:
+        for fuzzy in (False, True) if "PatientName" in kind.keys else (False,):
+            for lim in (None, limit):
+                suffix = (" fuzzy" if fuzzy else "") + (f" limit={lim}" if lim is not None else "")
+                name = kind.name + ("/fuzzy" if fuzzy else "") + (f"/limit{lim}" if lim is not None else "")
+                out.append(QidoKind(name, f"{kind.label}{suffix}", kind, fuzzy, lim))
+    return out
+
+
+def qido_truth(kind: QidoKind, studies: Sequence[StudyPlan]) -> list[str]:
+    """The StudyInstanceUIDs a QIDO search must return, in the archive's order (study rows in
+    the order they were filled): person names case-insensitive, and accent-insensitive only
+    with fuzzymatching."""
+    truth = ground_truth(kind.base, studies) if kind.fuzzy else plain_truth(kind.base, studies)
+    ordered = [s.uid for s in sorted(studies, key=lambda s: s.pk) if s.uid in truth]
+    return ordered[: kind.limit] if kind.limit is not None else ordered
+
+
+@dataclass
+class QidoAnswer:
+    seconds: float
+    results: list[dict[str, Any]]
+    warning: str | None
+    body_bytes: int
+    wire_bytes: int
+
+
+class QidoClient:
+    """One HTTP/1.1 client with keep-alive (httpx), signed in as the bench's admin user."""
+
+    def __init__(self, base_url: str, username: str, password: str) -> None:
+        import httpx
+
+        self.http = httpx.Client(base_url=base_url, timeout=600.0, trust_env=False)
+        reply = self.http.post("/api/token", data={"username": username, "password": password})
+        if reply.status_code != 200:
+            raise BenchError(f"POST /api/token: {reply.status_code} {reply.text[:300]}")
+        self.http.headers["Authorization"] = f"Bearer {reply.json()['access_token']}"
+
+    def search(self, params: list[tuple[str, str]]) -> QidoAnswer:
+        """GET /dicom-web/studies; timed until the body has arrived and been decoded."""
+        t0 = time.perf_counter()
+        reply = self.http.get("/dicom-web/studies", params=tuple(params))
+        results = reply.json()
+        seconds = time.perf_counter() - t0
+        if reply.status_code != 200:
+            raise BenchError(f"QIDO-RS {params}: {reply.status_code} {reply.text[:300]}")
+        return QidoAnswer(seconds, results, reply.headers.get("warning"), len(reply.content), reply.num_bytes_downloaded)
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def _qido_summary(result: dict[str, Any]) -> dict[str, Any]:
+    def first(tag: str) -> Any:
+        values = result.get(tag, {}).get("Value")
+        return values[0] if values else None
+
+    name = first("00100010")
+    return {
+        "PatientName": unicodedata.normalize("NFC", name["Alphabetic"]) if name else "",
+        "PatientID": first("00100020") or "",
+        "StudyDate": first("00080020") or "",
+        "AccessionNumber": first("00080050") or "",
+        "StudyDescription": first("00081030") or "",
+        "ModalitiesInStudy": sorted(result.get("00080061", {}).get("Value", [])),
+        "NumberOfStudyRelatedInstances": first("00201208"),
+    }
+
+
+def check_qido(kind: QidoKind, answer: QidoAnswer, expected: list[str], more: bool, by_uid: dict[str, StudyPlan]) -> list[str]:
+    """Differences between a QIDO answer and the ground truth: the studies in order, the
+    Warning header when more matches exist than returned, each returned value."""
+    problems: list[str] = []
+    got = [r.get("0020000D", {}).get("Value", [""])[0] for r in answer.results]
+    if got != expected:
+        missing, extra = set(expected) - set(got), set(got) - set(expected)
+        problems.append(
+            f"{len(got)} studies instead of {len(expected)}"
+            + (f"; {len(missing)} missing, e.g. {_examples(missing, by_uid)}" if missing else "")
+            + (f"; {len(extra)} unexpected, e.g. {_examples(extra, by_uid)}" if extra else "")
+            + ("; same studies in another order" if not missing and not extra else "")
+        )
+    warned = answer.warning is not None and "additional results" in answer.warning
+    if warned != more:
+        problems.append(f"Warning header {answer.warning!r} with {'more' if more else 'no more'} matches")
+    wrong: dict[str, list[str]] = {}
+    for result in answer.results:
+        plan = by_uid.get(result.get("0020000D", {}).get("Value", [""])[0])
+        if plan is None:
+            continue
+        values = _qido_summary(result)
+        want = {
+            "PatientName": plan.patient.name,
+            "PatientID": plan.patient.patient_id,
+            "StudyDate": plan.date,
+            "AccessionNumber": plan.accession,
+            "StudyDescription": plan.description,
+            "ModalitiesInStudy": sorted(plan.modalities),
+            "NumberOfStudyRelatedInstances": plan.n_instances,
+        }
+        for key, value in want.items():
+            if values[key] != value:
+                wrong.setdefault(key, []).append(f"{values[key]!r} instead of {value!r}")
+    for key, items in sorted(wrong.items()):
+        problems.append(f"{key} wrong in {len(items)} results, e.g. {items[0]}")
+    return problems
+
+
+def measure_qido(
+    base_url: str,
+    password: str,
+    kinds: Sequence[QidoKind],
+    studies: Sequence[StudyPlan],
+    repeat: int,
+    warmup: int,
+    *,
+    log: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """Run every QIDO kind ``warmup`` + ``repeat`` times on ONE keep-alive connection; check
+    the first answer against the ground truth."""
+    by_uid = {s.uid: s for s in studies}
+    results: list[dict[str, Any]] = []
+    client = QidoClient(base_url, "admin", password)
+    try:
+        for kind in kinds:
+            params = kind.params()
+            everything = qido_truth(QidoKind(kind.name, kind.label, kind.base, kind.fuzzy, None), studies)
+            expected = everything[: kind.limit] if kind.limit is not None else everything
+            more = kind.limit is not None and len(everything) > kind.limit
+            first = client.search(params)
+            problems = check_qido(kind, first, expected, more, by_uid)
+            for _ in range(max(0, warmup - 1)):
+                client.search(params)
+            seconds: list[float] = []
+            counts: set[int] = set()
+            for _ in range(repeat):
+                answer = client.search(params)
+                seconds.append(answer.seconds)
+                counts.add(len(answer.results))
+            if counts != {len(first.results)}:
+                problems.append(f"match count varied between repetitions: {sorted(counts)}")
+            ms = [x * 1000 for x in seconds]
+            row = asdict(
+                KindResult(
+                    target="filmless",
+                    part="scale-qido",
+                    kind=kind.name,
+                    label=kind.label,
+                    accent=False,
+                    repeat=repeat,
+                    matches=len(first.results),
+                    expected=len(expected),
+                    status="200",
+                    seconds=seconds,
+                    p50_ms=percentile(ms, 50),
+                    p95_ms=percentile(ms, 95),
+                    mean_ms=statistics.fmean(ms),
+                    min_ms=min(ms),
+                    max_ms=max(ms),
+                    problems=problems,
+                )
+            )
+            row.update(
+                params=params, all_matches=len(everything), body_bytes=first.body_bytes, wire_bytes=first.wire_bytes
+            )
+            results.append(row)
+            note = f"  !!! {'; '.join(problems)}" if problems else ""
+            log(
+                f"  QIDO {kind.label}: {row['matches']} results (expected {row['expected']}), "
+                f"p50 {row['p50_ms']:.2f} ms, p95 {row['p95_ms']:.2f} ms{note}"
+            )
+    finally:
+        client.close()
+    return results
+
+
+def explain_qido(url: str, kinds: Sequence[QidoKind], log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """``EXPLAIN (ANALYZE, BUFFERS)`` of the SQL each QIDO kind runs on PostgreSQL, built by the
+    same code as the server's (QIDO parameters -> storage.query -> SELECT, with the limit + 1
+    the route asks for to know whether more matches exist)."""
+    from sqlalchemy import create_engine
+
+    from storage.query import STUDY_ROOT, build_query
+    from viewer_api.dicomweb.qido import ALL_STUDIES, parse_search
+
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    plans: list[dict[str, Any]] = []
+    try:
+        with engine.connect() as conn:
+            for kind in kinds:
+                search = parse_search(ALL_STUDIES, kind.params())
+                query = build_query(search.identifier, STUDY_ROOT, search.options())
+                statement = query.select(limit=kind.limit + 1 if kind.limit is not None else None)
+                compiled = statement.compile(dialect=conn.dialect)
+                lines = [
+                    str(r[0])
+                    for r in conn.exec_driver_sql("EXPLAIN (ANALYZE, BUFFERS) " + compiled.string, dict(compiled.params))
+                ]
+                text_plan = "\n".join(lines)
+                executed = re.search(r"Execution Time: ([0-9.]+) ms", text_plan)
+                plan = {
+                    "kind": kind.name,
+                    "label": kind.label,
+                    "sql": compiled.string,
+                    "params": {k: str(v) for k, v in compiled.params.items()},
+                    "plan": lines,
+                    "execution_ms": float(executed.group(1)) if executed else None,
+                    "uses_name_pattern_index": "ix_patient_name_folded_pattern" in text_plan,
+                    "limit_in_sql": bool(lines) and lines[0].lstrip().startswith("Limit"),
+                }
+                plans.append(plan)
+                log(
+                    f"  EXPLAIN {kind.label}: {plan['execution_ms']} ms in the database; "
+                    f"name pattern index {'used' if plan['uses_name_pattern_index'] else 'not used'}; "
+                    f"top node {lines[0].split('(')[0].strip() if lines else '?'}"
+                )
+        return plans
+    finally:
+        engine.dispose()
+
+
 # -------------------------------------------------------------- side-by-side: files
 
 
@@ -1231,6 +1485,13 @@ def run_scale(args: argparse.Namespace, work: Path, log: Callable[[str], None]) 
         return record
     pg = None
     env = filmless_env(args)
+    admin_password = secrets.token_urlsafe(18)
+    env["FILMLESS_INITIAL_ADMIN_PASSWORD"] = admin_password  # QIDO-RS signs in as this admin
+    env["FILMLESS_ACCESS_TOKEN_MINUTES"] = str(24 * 60)
+    qkinds = qido_kinds(kinds, args.qido_limit) if "qido" in args.scale_protocols else []
+    record["qido_kinds"] = [
+        {"name": k.name, "label": k.label, "params": k.params(), "expected": len(qido_truth(k, studies))} for k in qkinds
+    ]
     if args.scale_index == "postgresql":
         from tests.postgres import PostgresServer
 
@@ -1252,11 +1513,19 @@ def run_scale(args: argparse.Namespace, work: Path, log: Callable[[str], None]) 
         t = time.perf_counter()
         with server:
             record["serve_start_seconds"] = time.perf_counter() - t
-            results, _answers, facts = measure(
-                "filmless", "scale", server.dicom_port, server.aet, kinds, studies,
-                args.scale_repeat, args.warmup, log=log,
-            )
-            record["filmless_facts"] = facts
+            results: list[KindResult] = []
+            if "c-find" in args.scale_protocols:
+                results, _answers, facts = measure(
+                    "filmless", "scale", server.dicom_port, server.aet, kinds, studies,
+                    args.scale_repeat, args.warmup, log=log,
+                )
+                record["filmless_facts"] = facts
+            if qkinds:
+                record["qido_results"] = measure_qido(
+                    server.base_url, admin_password, qkinds, studies, args.scale_repeat, args.warmup, log=log
+                )
+        if pg is not None and qkinds:
+            record["qido_explain"] = explain_qido(env["FILMLESS_INDEX"], qkinds, log)
         if pg is None:
             record["index_bytes_after"] = _index_bytes(server.data_dir)
         record["results"].extend(asdict(r) for r in results)
@@ -1326,6 +1595,33 @@ def markdown_scale(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def markdown_qido(record: dict[str, Any]) -> str:
+    rows = record.get("qido_results", [])
+    if not rows:
+        return ""
+    lines = [
+        "| QIDO-RS study search | results | of matches | p50 ms | p95 ms | mean ms | max ms | JSON KB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        flag = " !!" if r["problems"] else ""
+        lines.append(
+            f"| {r['label']} | {r['matches']}{flag} | {r['all_matches']} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} "
+            f"| {r['mean_ms']:.2f} | {r['max_ms']:.2f} | {r['body_bytes'] / 1000:.0f} |"
+        )
+    plans = record.get("qido_explain", [])
+    if plans:
+        lines.append("")
+        lines.append("| EXPLAIN ANALYZE | database ms | name pattern index | LIMIT in SQL |")
+        lines.append("|---|---:|---|---|")
+        for p in plans:
+            lines.append(
+                f"| {p['label']} | {p['execution_ms']} | {'yes' if p['uses_name_pattern_index'] else 'no'} "
+                f"| {'yes' if p['limit_in_sql'] else 'no'} |"
+            )
+    return "\n".join(lines)
+
+
 def _run(command: list[str]) -> str | None:
     try:
         out = subprocess.run(command, capture_output=True, text=True, timeout=30, cwd=REPO_ROOT).stdout
@@ -1378,6 +1674,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="scale: the index backend (postgresql: a private server from Debian's packages, tests/postgres.py)",
     )
     parser.add_argument("--scale-batch", type=int, default=20_000, help="scale: rows per executemany (default 20000)")
+    parser.add_argument(
+        "--scale-protocols",
+        default="c-find,qido",
+        help="scale: comma-separated c-find,qido (default both); QIDO-RS runs over HTTP against the same "
+        "filmless serve, signed in as an admin made at start-up",
+    )
+    parser.add_argument("--qido-limit", type=int, default=100, help="QIDO-RS: the limit of the limited searches (default 100)")
     parser.add_argument("--warmup", type=int, default=3,
                         help="untimed queries per kind before timing, at least 1: the first is checked "
                         "against the ground truth (default 3)")
@@ -1401,6 +1704,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     args.kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    args.scale_protocols = [p.strip() for p in args.scale_protocols.split(",") if p.strip()]
+    if not args.scale_protocols or any(p not in ("c-find", "qido") for p in args.scale_protocols):
+        parser.error("--scale-protocols: choose from c-find,qido")
+    if args.qido_limit < 1:
+        parser.error("--qido-limit must be positive")
     if not args.parts or any(p not in PARTS for p in args.parts):
         parser.error(f"--parts: choose from {','.join(PARTS)}")
     if not args.targets or any(t not in TARGETS for t in args.targets):
@@ -1462,7 +1770,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.append(f"### {title}\n")
         out.append(markdown_side(part_record) if part == "side_by_side" else markdown_scale(part_record))
         out.append("")
-        for r in part_record.get("results", []):
+        if part == "scale" and part_record.get("qido_results"):
+            out.append(markdown_qido(part_record))
+            out.append("")
+        for r in part_record.get("results", []) + part_record.get("qido_results", []):
             if r["problems"]:
                 tag = "accent-dependent" if r["accent"] else "DISCREPANCY"
                 discrepancies.append(f"{tag}: {part}, {r['target']}, {r['label']}: {'; '.join(r['problems'])}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
@@ -272,6 +274,8 @@ def test_the_fast_writer_equals_the_pydicom_reference(resource: Resource, row: d
         query = build_query(search.identifier, STUDY_ROOT, search.options())
         full = {"level_pk": 1, **row}
         service = "http://pacs.example/dicom-web"
-        fast = ResultWriter(query, service)(full)
+        text = ResultWriter(query, service).text(full)
+        fast = json.loads(text)
         assert fast == result(query, full, service)
         assert list(fast) == sorted(fast)
+        assert json.loads(ResultWriter(query, service).body([full, full])) == [fast, fast]
