@@ -148,9 +148,13 @@ def test_a_valid_token_without_a_filmless_role_is_403(oidc_web: WebArchive, issu
         assert "role" in reply.json()["detail"]
 
 
-def test_a_plain_role_claim_and_the_jwks_is_fetched_once(make_web: Callable[..., WebArchive], issuer: Issuer) -> None:
+def test_a_plain_role_claim_and_the_jwks_is_fetched_rarely(make_web: Callable[..., WebArchive], issuer: Issuer) -> None:
     web = make_web(oidc_issuer=issuer.url, oidc_audience=AUDIENCE)  # role claim: "roles"
     for _ in range(3):
         reply = _me(web, issuer.token(roles="clinician"))
         assert reply.status_code == 200 and reply.json()["role"] == "clinician"
     assert issuer.jwks_requests == 1
+    # Tokens naming unknown keys do not make us ask the issuer again and again.
+    for _ in range(5):
+        assert _me(web, issuer.token(kid=uuid.uuid4().hex, roles="clinician")).status_code == 401
+    assert issuer.jwks_requests <= 2
