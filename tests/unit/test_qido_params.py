@@ -8,7 +8,7 @@ import pytest
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 
-from storage.query import STUDY_ROOT, QueryLevel, TextRule, build_query
+from storage.query import STUDY_ROOT, QueryError, QueryLevel, TextRule, build_query
 from storage.query.identifier import element_text
 from viewer_api.dicomweb.qido import (
     ALL_INSTANCES,
@@ -183,10 +183,64 @@ def test_binary_numbers_are_checked_here() -> None:
     assert raised.value.parameter == "Columns"
 
 
-def test_private_attributes_are_skipped_not_refused() -> None:
-    search = parse_search(ALL_STUDIES, [("00091001", "x"), ("includefield", "00091002")])
-    assert search.skipped == ["00091001"]
-    assert 0x00091001 not in search.identifier and 0x00091002 not in search.identifier
+def test_keys_that_are_not_matched_are_skipped_with_a_reason() -> None:
+    search = parse_search(
+        ALL_STUDIES,
+        [
+            ("00091001", "x"),  # private
+            ("includefield", "00091002"),
+            ("ImagePositionPatient", "1\\2\\3"),  # not a key of the model
+            ("SpecificCharacterSet", "ISO_IR 100"),
+            ("InstanceAvailability", "OFFLINE"),  # answered by the archive
+            ("OtherPatientIDsSequence.PatientName", "x"),  # not an item key the index keeps
+        ],
+    )
+    assert [name for name, _ in search.skipped] == [
+        "00091001",
+        "ImagePositionPatient",
+        "SpecificCharacterSet",
+        "InstanceAvailability",
+        "OtherPatientIDsSequence.PatientName",
+    ]
+    ds = search.identifier
+    for tag in (0x00091001, 0x00091002, 0x00200032):
+        assert tag not in ds
+    assert ds.SpecificCharacterSet == "ISO_IR 192"
+    assert text(ds, "InstanceAvailability") == ""  # still returned (a default of studies)
+
+
+@pytest.mark.parametrize(
+    ("items", "parameter", "words"),
+    [
+        ([("QueryRetrieveLevel", "PATIENT")], "QueryRetrieveLevel", "resource"),
+        ([("Modality", "CT")], "Modality", "below the STUDY level"),
+        ([("SOPInstanceUID", "1.2.3")], "SOPInstanceUID", "IMAGE attribute"),
+        ([("Item", "1")], "Item", "not an attribute a search can use"),
+        ([("includefield", "FFFEE0DD")], "includefield", "not an attribute a search can use"),
+        ([("00020010", "1.2")], "00020010", "not an attribute a search can use"),
+    ],
+)
+def test_refused_keys(items: list[tuple[str, str]], parameter: str, words: str) -> None:
+    with pytest.raises(ParameterError) as raised:
+        parse_search(ALL_STUDIES, items)
+    assert raised.value.parameter == parameter and words in raised.value.reason
+
+
+def test_values_pydicom_would_warn_about_reach_the_rules_without_warnings() -> None:
+    # pytest runs with warnings as errors: no pydicom validation warning may escape
+    for items in (
+        [("PatientName", "x" * 300)],
+        [("PatientID", "é" * 100)],
+        [("StudyInstanceUID", "abc")],
+        [("StudyDescription", "*" + "ngực" * 40)],
+        [("ReferringPhysicianName", "a=b=c=d")],
+        [("FrameOfReferenceUID", "not a uid")],
+    ):
+        search = parse_search(ALL_INSTANCES, items)
+        try:
+            build_query(search.identifier, STUDY_ROOT, search.options())
+        except QueryError:
+            pass
 
 
 # --- content negotiation and addresses -----------------------------------------------------

@@ -39,7 +39,7 @@ from pydicom.tag import BaseTag, Tag
 
 from storage.errors import ArchiveError
 from storage.query import STUDY_ROOT, MatchOptions, Query, QueryError, QueryLevel, build_query
-from storage.query.keys import INSTANCE_AVAILABILITY, RETRIEVE_AE_TITLE
+from storage.query.keys import COMMON_KEYS, INSTANCE_AVAILABILITY, RETRIEVE_AE_TITLE
 from storage.query.response import RESPONSE_CHARACTER_SET
 from viewer_api.audit import client_host
 from viewer_api.context import base_url, get_web, require
@@ -127,6 +127,9 @@ _TAG = re.compile(r"[0-9A-Fa-f]{8}")
 _UINT = re.compile(r"[0-9]{1,13}")
 _BINARY_NUMBER_VRS = frozenset({"US", "UL", "SS", "SL", "SV", "UV", "FL", "FD"})
 _SINGLE_TEXT_VRS = frozenset({"LT", "ST", "UT", "UR"})
+_RAW_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI"})
+"""VRs the engine reads from the raw bytes (storage.query.identifier.element_text): their
+values go in raw, so that a malformed date or UID is reported by the matching rules."""
 _LEVEL_INDEX = {QueryLevel.STUDY: 0, QueryLevel.SERIES: 1, QueryLevel.IMAGE: 2}
 
 
@@ -162,8 +165,8 @@ class Search:
     """The :data:`NAMING_KEYS` given with an exact value (or in the path)."""
     parameter_of: dict[int, str] = field(default_factory=dict)
     """Tag -> the query parameter that set it (to name it in errors)."""
-    skipped: list[str] = field(default_factory=list)
-    """Parameters that were not used (private attributes), for the Warning header."""
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    """Parameters that were not used for matching, and why (for the Warning header)."""
 
     def options(self) -> MatchOptions:
         """Relational (PS3.18 lets any Study or Patient key be matched when searching series
@@ -212,6 +215,9 @@ def parse_attribute(parameter: str, path: str) -> Attribute | None:
         if vr is None:
             raise ParameterError(parameter, f"({tag >> 16:04X},{tag & 0xFFFF:04X}) is not in the DICOM data dictionary")
         vrs.append(vr)
+    for tag, vr in zip(tags, vrs, strict=True):
+        if vr == "NONE" or tag >> 16 in (0x0000, 0x0002, 0xFFFE):
+            raise ParameterError(parameter, f"({tag >> 16:04X},{tag & 0xFFFF:04X}) is not an attribute a search can use")
     if len(tags) == 1:
         return Attribute(tags[0], vrs[0])
     if vrs[0] != "SQ":
@@ -255,8 +261,12 @@ def _element(tag: int, vr: str, value: str, parameter: str) -> DataElement | Raw
                 raise ParameterError(parameter, f"{part[:40]!r} is not a valid {vr} value") from None
         stored: Any = None if not numbers else numbers[0] if len(numbers) == 1 else numbers
         return DataElement(tag, vr, stored, validation_mode=config.IGNORE)
-    raw = value.encode("utf-8")
-    return RawDataElement(BaseTag(tag), vr, len(raw), raw, 0, False, True, True, False)
+    if vr in _RAW_VRS:
+        raw = value.encode("utf-8")
+        return RawDataElement(BaseTag(tag), vr, len(raw), raw, 0, False, True, True, False)
+    # Text (PN, LO, SH, ...): decoded already; not validated (a query value may be longer
+    # than a stored one, and holds wild cards).
+    return DataElement(tag, vr, value or None, validation_mode=config.IGNORE)
 
 
 def _joined(parameter: str, vr: str, values: Sequence[str]) -> str:
@@ -306,7 +316,7 @@ def parse_search(
             continue  # accept and charset: read by the route
         attribute = parse_attribute(name, name)
         if attribute is None:
-            search.skipped.append(name)
+            search.skipped.append((name, "private attributes are not matched"))
             continue
         entry = keys.setdefault(attribute, (name, []))
         entry[1].append(value)
@@ -326,8 +336,16 @@ def parse_search(
         put(tag, "UI", uid, f"{keyword} (path)")
         search.named.add(keyword)
 
+    level_index = _LEVEL_INDEX[resource.level]
     for attribute, (name, values) in keys.items():
         value = _joined(name, attribute.item_vr or attribute.vr, values)
+        reason = _unmatched(attribute, name, value, level_index)
+        if reason is not None:
+            if value.strip():
+                search.skipped.append((name, reason))
+            elif attribute.tag in COMMON_KEYS and attribute.item_tag is None:
+                put(attribute.tag, attribute.vr, "", name)  # returned, e.g. InstanceAvailability
+            continue
         if attribute.item_tag is None:
             if attribute.vr == "SQ":
                 if value.strip():
@@ -353,6 +371,31 @@ def parse_search(
     return search
 
 
+def _unmatched(attribute: Attribute, name: str, value: str, level_index: int) -> str | None:
+    """Why a matching key is not given to the engine (None: it is). Checked here rather than
+    left to the engine, which would have pydicom convert (and warn about) values of keys it
+    does not match. A key of a level below the search's is an error (PS3.18 10.6.1.2)."""
+    if attribute.tag == QUERY_RETRIEVE_LEVEL:
+        raise ParameterError(name, "the level of a search is that of its resource (/studies, /series, /instances)")
+    if attribute.tag == SPECIFIC_CHARACTER_SET:
+        return "QIDO-RS parameters are UTF-8; ignored"
+    if attribute.tag in COMMON_KEYS:
+        return "answered by the archive, not matched"
+    located = STUDY_ROOT.locate(attribute.tag)
+    if located is None:
+        return f"not an attribute of the {STUDY_ROOT.name} information model; ignored"
+    index, key = located
+    if index > level_index and value.strip():
+        level, searched = STUDY_ROOT.levels[index].level, STUDY_ROOT.levels[level_index].level
+        raise ParameterError(name, f"{key.keyword} is a {level} attribute, below the {searched} level of this search")
+    if attribute.item_tag is not None:
+        items = key.items
+        item_keyword = keyword_for_tag(attribute.item_tag)
+        if items is None or items.item_key(item_keyword) is None:
+            return f"{item_keyword} is not matched inside {key.keyword}"
+    return None
+
+
 def _item(identifier: Dataset, tag: int) -> Dataset:
     if tag not in identifier or not identifier[tag].value:
         identifier[tag] = DataElement(tag, "SQ", [Dataset()])
@@ -373,6 +416,10 @@ def _include(search: Search, parameter: str, text: str) -> None:
     attribute = parse_attribute(parameter, text)
     if attribute is None:
         return  # private attributes are not returned
+    if attribute.tag in (SPECIFIC_CHARACTER_SET, QUERY_RETRIEVE_LEVEL):
+        return  # always returned / never returned
+    if attribute.tag not in COMMON_KEYS and STUDY_ROOT.locate(attribute.tag) is None:
+        return  # not held by the index: not returned (PS3.4 C.2.2.1.3)
     if attribute.item_tag is None:
         if attribute.tag not in identifier:
             identifier[attribute.tag] = _element(attribute.tag, attribute.vr, "", parameter)
@@ -546,8 +593,8 @@ def _warnings(search: Search, query: Query, more: bool, service: str) -> list[st
     texts: list[str] = []
     if more:
         texts.append(MORE_RESULTS)
-    for name in search.skipped:
-        texts.append(f"{name} is not supported as a matching key and was ignored (private attribute)")
+    for name, reason in search.skipped:
+        texts.append(f"{name} was not used for matching: {reason}")
     for ignored in query.ignored:
         if "lower level" in ignored.reason:
             continue  # an includefield of a lower level: not returned, nothing to warn about
