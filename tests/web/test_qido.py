@@ -445,3 +445,45 @@ def test_a_single_study_by_uid_is_audited_with_its_uid(web: WebArchive, pop: Pop
     (event,) = qido_events(web)
     assert event.study_instance_uid == pop.pydicom_mr
     assert json.loads(event.detail)["uids"] == [pop.pydicom_mr]
+
+
+ODD_QUERIES = [
+    "PatientName=%00",
+    "PatientName=" + "x" * 2000,
+    "PatientName=%5C",
+    "PatientName=a%5C%5Cb",
+    "PatientName=%22%22",
+    "PatientName=Nguy%E1%BB%85n%3DX",
+    "StudyDate=-",
+    "StudyDate=20240101-",
+    "StudyTime=2500",
+    "StudyTime=1000-0900",
+    "includefield=",
+    "includefield=,,",
+    "limit=",
+    "offset=",
+    "AccessionNumber=*%5C*",
+    "ModalitiesInStudy=%22%22",
+    "ImagePositionPatient=1",
+    "OtherPatientIDsSequence.IssuerOfPatientID=VN-CCCD",
+    "OtherPatientIDsSequence.PatientName=x",
+    "00100010=Nguy*&fuzzymatching=true&limit=1&offset=1",
+    "NumberOfStudyRelatedInstances=1-2",
+    "SpecificCharacterSet=ISO_IR%20100&PatientName=Nguy*",
+    "Item=1",
+    "QueryRetrieveLevel=PATIENT",
+    "accept=application/json",
+    "%FF=1",
+]
+
+
+def test_odd_queries_never_fail_the_server(web: WebArchive, pop: Population) -> None:
+    client = web.client()
+    for query in ODD_QUERIES:
+        for path in ("/studies", "/series", "/instances", f"/studies/{pop.ct_study}/instances"):
+            reply = client.get(f"/dicom-web{path}?{query}")
+            assert reply.status_code in (200, 400), (path, query, reply.text)
+            if reply.status_code == 400:
+                assert reply.headers["content-type"].startswith("application/problem+json")
+            else:
+                assert isinstance(reply.json(), list)

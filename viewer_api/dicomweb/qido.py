@@ -25,6 +25,7 @@ import json
 import re
 import time
 from json.encoder import encode_basestring
+from urllib.parse import urlsplit
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -600,7 +601,8 @@ def _warnings(search: Search, query: Query, more: bool, service: str) -> list[st
             continue  # an includefield of a lower level: not returned, nothing to warn about
         name = search.parameter_of.get(ignored.tag) or keyword_for_tag(ignored.tag) or f"{ignored.tag:08X}"
         texts.append(f"{name} was not used for matching: {ignored.reason}")
-    return [f"299 {service} {_quoted(text)}" for text in texts]
+    agent = urlsplit(service).netloc or "filmless"  # RFC 7234 5.5: warn-agent is host[:port]
+    return [f"299 {agent} {_quoted(text)}" for text in texts]
 
 
 def _audit_query(items: Sequence[tuple[str, str]]) -> dict[str, Any]:
