@@ -8,14 +8,14 @@ Every route that touches patient data authenticates and authorises through
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.middleware.gzip import GZipMiddleware
 from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 import filmless
 from filmless.bootstrap import Archive
@@ -52,6 +52,14 @@ def create_app(archive: Archive) -> FastAPI:
     )
     app.state.web = web
     errors.install(app)
+
+    @app.middleware("http")
+    async def refuse_nul(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        # No parameter of any route may hold a NUL character (PostgreSQL refuses it in text,
+        # and no DICOM value or name contains one): a clear 400 before any route runs.
+        if "%00" in request.url.query or "\x00" in request.url.path:
+            return errors.problem(400, "Invalid request", "a NUL character is not allowed in the URL")
+        return await call_next(request)
     # JSON (QIDO, metadata, problems) compresses well: at level 1 a 300-instance series'
     # metadata (1.3 MB) shrinks ~27x in 3 ms (level 5: ~39x in 13 ms). Images, frames and
     # DICOM bodies are left alone: compressed already, or not worth the latency.

@@ -59,7 +59,7 @@ class AuditTrail:
             detail = {"role": principal.role, "via": principal.via, **(detail or {})}
             if principal.key_id:
                 detail["api_key"] = principal.key_id
-        return {
+        event = {
             "at": utcnow(),
             "action": action,
             "outcome": outcome,
@@ -70,6 +70,9 @@ class AuditTrail:
             "sop_instance_uid": instance,
             "detail": json.dumps(dict(detail), ensure_ascii=False, default=str) if detail else None,
         }
+        # What a client sent (a user name, a query) is recorded as sent, except for NUL, which
+        # PostgreSQL does not take in text: the event must be written whatever the input.
+        return {k: v.replace("\x00", "\ufffd") if isinstance(v, str) else v for k, v in event.items()}
 
     def record(self, action: str, outcome: str, *, sync: bool = False, **kwargs: Any) -> None:
         """Record one event (see :meth:`event` for the fields)."""

@@ -62,7 +62,7 @@ def read_audit_log(
     study: Annotated[str | None, Query(max_length=64, description="Study Instance UID")] = None,
     host: Annotated[str | None, Query(max_length=200, description="The client address (actor_host)")] = None,
     limit: Annotated[int, Query(ge=1, le=audit_log.MAX_PAGE)] = 100,
-    before: Annotated[int | None, Query(ge=1, description="Events with ids below this (the `next` of a page)")] = None,
+    before: Annotated[int | None, Query(ge=1, le=2**31 - 1, description="Events with ids below this (the `next` of a page)")] = None,
     principal: Principal = Depends(require("audit")),
     web: Web = Depends(get_web),
 ) -> AuditPage:

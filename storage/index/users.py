@@ -131,6 +131,14 @@ def check_username(username: str) -> None:
 def _check_full_name(full_name: str) -> None:
     if len(full_name) > MAX_FULL_NAME:
         raise UserError(f"a full name has at most {MAX_FULL_NAME} characters")
+    _check_printable("a full name", full_name)
+
+
+def _check_printable(what: str, text: str) -> None:
+    # Control characters (NUL above all: PostgreSQL refuses it in text) are never part of a
+    # name or a description.
+    if any(not ch.isprintable() for ch in text):
+        raise UserError(f"{what} must not contain control characters")
 
 
 _KEY_COLUMNS = (
@@ -186,6 +194,8 @@ class Users:
         return user
 
     def get(self, username: str) -> User | None:
+        if "\x00" in username:
+            return None  # no name holds a NUL (and PostgreSQL refuses one as a parameter)
         with self.index.read() as conn:
             row = conn.execute(select(app_user).where(app_user.c.username == username)).first()
         return User.from_row(row) if row is not None else None
@@ -252,6 +262,7 @@ class Users:
     ) -> ApiKey:
         if len(description) > MAX_KEY_DESCRIPTION:
             raise UserError(f"an API key description has at most {MAX_KEY_DESCRIPTION} characters")
+        _check_printable("an API key description", description)
         user = self.require(username)
         with self.index.write() as conn:
             conn.execute(
@@ -286,6 +297,8 @@ class Users:
         )
 
     def get_key(self, key_id: str) -> ApiKey | None:
+        if "\x00" in key_id:
+            return None
         with self.index.read() as conn:
             row = conn.execute(self._keys().where(api_key.c.key_id == key_id)).first()
         return self._key(row) if row is not None else None
