@@ -8,14 +8,15 @@ Every route that touches patient data authenticates and authorises through
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.middleware.gzip import GZipMiddleware
 from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES
-from fastapi.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+from fastapi.responses import JSONResponse
 
 import filmless
 from filmless.bootstrap import Archive
@@ -53,13 +54,7 @@ def create_app(archive: Archive) -> FastAPI:
     app.state.web = web
     errors.install(app)
 
-    @app.middleware("http")
-    async def refuse_nul(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        # No parameter of any route may hold a NUL character (PostgreSQL refuses it in text,
-        # and no DICOM value or name contains one): a clear 400 before any route runs.
-        if "%00" in request.url.query or "\x00" in request.url.path:
-            return errors.problem(400, "Invalid request", "a NUL character is not allowed in the URL")
-        return await call_next(request)
+    app.add_middleware(RefuseNul)
     # JSON (QIDO, metadata, problems) compresses well: at level 1 a 300-instance series'
     # metadata (1.3 MB) shrinks ~27x in 3 ms (level 5: ~39x in 13 ms). Images, frames and
     # DICOM bodies are left alone: compressed already, or not worth the latency.
@@ -99,6 +94,22 @@ def create_app(archive: Archive) -> FastAPI:
     app.include_router(admin_routes.dicomweb_router, prefix=DICOMWEB_PREFIX, tags=["administration"])
     app.include_router(viewer.create_router(DICOMWEB_PREFIX))
     return app
+
+
+class RefuseNul:
+    """No parameter of any route may hold a NUL character (PostgreSQL refuses it in text,
+    and no DICOM value or name contains one): a clear 400 before any route runs. Plain ASGI,
+    so the check costs nothing on the hot paths."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (b"%00" in scope.get("query_string", b"") or "\x00" in scope.get("path", "")):
+            response = errors.problem(400, "Invalid request", "a NUL character is not allowed in the URL")
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def _health(archive: Archive) -> JSONResponse:

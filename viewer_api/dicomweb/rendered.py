@@ -420,9 +420,21 @@ def _rendered(
     base = base_url(request)
     if instance is not None:
         item = found[0]
-        source = _source(web, item)
         wanted = numbers or [1]  # a multi-frame instance renders its first frame
-        images = [_render_frame(source, n, rendering) for n in wanted]
+        if len(wanted) == 1:
+            # One picture: kept in the same bounded cache as the thumbnails, since a viewer
+            # (or a report page) asks for the same frame again and again, and decoding the
+            # stored JPEG-LS is most of the work.
+            cache = thumbnail_cache(web)
+            key = hashlib.sha256(f"rendered|{item.object_sha256}|{wanted[0]}|{rendering.key()}".encode()).hexdigest()
+            image = cache.get(key, rendering.media_type)
+            if image is None:
+                image = _render_frame(_source(web, item), wanted[0], rendering)
+                cache.put(key, rendering.media_type, image)
+            images = [image]
+        else:
+            source = _source(web, item)
+            images = [_render_frame(source, n, rendering) for n in wanted]
         _audit(web, request, principal, "dicomweb.rendered", study, series, instance, **audit, frames=wanted[:50])
         if numbers is None or len(images) == 1:
             return Response(images[0], media_type=rendering.media_type, headers=_headers(tag))
