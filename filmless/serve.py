@@ -27,6 +27,7 @@ import uvicorn
 from filmless.bootstrap import Archive, build_archive, check_object_store, configure_logging, start_spool_uploader
 from filmless.settings import Settings
 from storage.errors import ObjectStoreError
+from storage.index import RetrievableInstance
 from storage.ingest import CompressionMode
 
 if TYPE_CHECKING:
@@ -67,13 +68,21 @@ def compression_worker_main(
     try:
         quiet = settings.compression.defer_while_receiving
         busy = (lambda: arrivals.busy(quiet)) if arrivals is not None and quiet > 0 else None
-        # The first worker also makes the DICOMweb metadata of new instances when idle.
+        # The first worker also makes the DICOMweb metadata of new instances when idle ...
         idle = None
         if number == 0:
             from storage.metadata import MetadataWarmer
             from storage.retrieve import Retriever
 
-            idle = MetadataWarmer(archive.index, Retriever(archive.index, archive.store).read).run_once
+            from viewer_api.dicomweb.rendered import prerender
+
+            data_dir = settings.data
+
+            def _prerender(item: RetrievableInstance, data: bytes) -> bool:
+                return prerender(data_dir, item, data)
+
+            # ... and renders the first view and the thumbnail of each new image into the cache.
+            idle = MetadataWarmer(archive.index, Retriever(archive.index, archive.store).read, also=_prerender).run_once
         archive.compressor().run_forever(stop, parent_pid=parent_pid, busy=busy, idle=idle)
     finally:
         archive.close()

@@ -140,10 +140,18 @@ class MetadataWarmer:
     """Makes the metadata bodies of instances that have none yet, a batch at a time, in the
     order they arrived (new versions of an instance are made again when first asked for)."""
 
-    def __init__(self, index: Index, read: Callable[[RetrievableInstance], bytes], *, batch: int = 50) -> None:
+    def __init__(
+        self,
+        index: Index,
+        read: Callable[[RetrievableInstance], bytes],
+        *,
+        batch: int = 50,
+        also: Callable[[RetrievableInstance, bytes], object] | None = None,
+    ) -> None:
         self.index = index
         self.read = read
         self.batch = batch
+        self.also = also  # more to make from each new object while it is read (pre-rendering)
         self.after_pk = 0
 
     def run_once(self) -> int:
@@ -155,9 +163,16 @@ class MetadataWarmer:
         for pk, w in found:
             self.after_pk = pk
             try:
-                made.append(CachedMetadata(w.sop_instance_uid, w.received_sha256, metadata_body(self.read(w.item))))
+                data = self.read(w.item)
+                made.append(CachedMetadata(w.sop_instance_uid, w.received_sha256, metadata_body(data)))
             except ArchiveError as exc:
                 log.warning("metadata of %s not made: %s", w.sop_instance_uid, exc)
+                continue
+            if self.also is not None:
+                try:
+                    self.also(w.item, data)
+                except Exception as exc:  # noqa: BLE001 - a cache filler must not stop the warmer
+                    log.debug("pre-rendering %s failed: %s", w.sop_instance_uid, exc)
         save_metadata(self.index, made)
         return len(found)
 

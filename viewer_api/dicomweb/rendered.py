@@ -341,7 +341,45 @@ _CACHES_LOCK = threading.Lock()
 
 
 def thumbnail_cache(web: Web) -> ThumbnailCache:
-    root = (Path(web.settings.data) / "cache" / "thumbnails").resolve()
+    return thumbnail_cache_of(Path(web.settings.data))
+
+
+def _rendered_key(item: RetrievableInstance, number: int, rendering: Rendering) -> str:
+    return hashlib.sha256(f"rendered|{item.object_sha256}|{number}|{rendering.key()}".encode()).hexdigest()
+
+
+def _thumbnail_key(item: RetrievableInstance, number: int, rendering: Rendering) -> str:
+    return hashlib.sha256(f"{item.object_sha256}|{number}|{rendering.key()}".encode()).hexdigest()
+
+
+DEFAULT_RENDERING = Rendering(JPEG, None, None, None, DEFAULT_QUALITY)
+DEFAULT_THUMBNAIL = Rendering(JPEG, None, THUMBNAIL_VIEWPORT, None, DEFAULT_QUALITY)
+
+
+def prerender(data_dir: Path, item: RetrievableInstance, data: bytes) -> bool:
+    """Put the default view (``/frames/1/rendered``) and the thumbnail of a newly arrived
+    image into the cache, so the first look at a new study is as fast as the second. Run in
+    the background (the metadata warmer); False when the instance is no image."""
+    if not _maybe_image(item):
+        return False
+    cache = thumbnail_cache_of(data_dir)
+    keys = [(_rendered_key(item, 1, DEFAULT_RENDERING), DEFAULT_RENDERING), (_thumbnail_key(item, 1, DEFAULT_THUMBNAIL), DEFAULT_THUMBNAIL)]
+    missing = [(key, rendering) for key, rendering in keys if cache.get(key, JPEG) is None]
+    if not missing:
+        return True
+    try:
+        source = FrameSource.from_bytes(data)
+        if source.number_of_frames == 0:
+            return False
+        for key, rendering in missing:
+            cache.put(key, JPEG, _render_frame(source, 1, rendering))
+    except (Problem, ArchiveError):
+        return False
+    return True
+
+
+def thumbnail_cache_of(data_dir: Path) -> ThumbnailCache:
+    root = (data_dir / "cache" / "thumbnails").resolve()
     with _CACHES_LOCK:
         if root not in _CACHES:
             _CACHES[root] = ThumbnailCache(root)
@@ -426,7 +464,7 @@ def _rendered(
             # (or a report page) asks for the same frame again and again, and decoding the
             # stored JPEG-LS is most of the work.
             cache = thumbnail_cache(web)
-            key = hashlib.sha256(f"rendered|{item.object_sha256}|{wanted[0]}|{rendering.key()}".encode()).hexdigest()
+            key = _rendered_key(item, wanted[0], rendering)
             image = cache.get(key, rendering.media_type)
             if image is None:
                 image = _render_frame(_source(web, item), wanted[0], rendering)
@@ -514,7 +552,7 @@ def _thumbnail(
     audit = {"resource": "frames" if numbers else "instance" if instance else "series" if series else "study"}
     last: Problem | None = None
     for item in candidates:
-        key = hashlib.sha256(f"{item.object_sha256}|{number}|{rendering.key()}".encode()).hexdigest()
+        key = _thumbnail_key(item, number, rendering)
         tag = etag("thumbnail", key)
         where = {"shown": item.sop_instance_uid, "frame": number}
         if (hit := not_modified(request, tag, IMMUTABLE)) is not None:
