@@ -79,6 +79,24 @@ _FIND_INSTANCE = select(instance).where(instance.c.sop_instance_uid == bindparam
 _FIND_INSTANCE_LOCKED = _FIND_INSTANCE.with_for_update()
 _INSTANCE_EXISTS = select(instance.c.pk).where(instance.c.sop_instance_uid == bindparam("uid"))
 _INSERT = {t.name: insert(t) for t in (compression_job, audit_event)}
+_LOCATE_INSTANCE = (
+    select(
+        study.c.study_instance_uid,
+        series.c.series_instance_uid,
+        instance.c.sop_instance_uid,
+        instance.c.sop_class_uid,
+        instance.c.object_key,
+        instance.c.object_sha256,
+        instance.c.stored_transfer_syntax,
+        instance.c.stored_size,
+    )
+    .select_from(instance.join(series).join(study))
+    .where(
+        instance.c.sop_instance_uid == bindparam("uid"),
+        series.c.series_instance_uid == bindparam("series"),
+        study.c.study_instance_uid == bindparam("study"),
+    )
+)
 _INSERT_RETURNING_PK = insert(instance).returning(instance.c.pk)
 _BUMP_SERIES = (
     update(series)
@@ -836,6 +854,25 @@ class Index:
             return ApplicationEntity.from_row(r) if r else None
 
     # --- retrieve ---------------------------------------------------------------------------
+    def locate_instance(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> RetrievableInstance | None:
+        """One current instance named by its three UIDs (the hot path of rendered images and
+        frames: a prepared statement, no SQLAlchemy execution context)."""
+        params = {"study": study_uid, "series": series_uid, "uid": sop_instance_uid}
+        with self.read() as conn:
+            row = prepared(conn, "locate instance", _LOCATE_INSTANCE).first(conn, params)
+        if row is None:
+            return None
+        return RetrievableInstance(
+            row.study_instance_uid,
+            row.series_instance_uid,
+            row.sop_instance_uid,
+            row.sop_class_uid,
+            row.object_key,
+            row.object_sha256,
+            row.stored_transfer_syntax,
+            int(row.stored_size),
+        )
+
     def retrievable(
         self,
         *,

@@ -389,12 +389,14 @@ def thumbnail_cache_of(data_dir: Path) -> ThumbnailCache:
 # --- responses -------------------------------------------------------------------------------------
 def _locate(web: Web, study: str, series: str | None = None, instance: str | None = None) -> list[RetrievableInstance]:
     _check_uid(study, series, instance)
-    keys: dict[str, Any] = {"study_uids": [study]}
-    if series is not None:
-        keys["series_uids"] = [series]
-    if instance is not None:
-        keys["sop_instance_uids"] = [instance]
-    found = web.retriever.locate(**keys)
+    if series is not None and instance is not None:
+        one = web.archive.index.locate_instance(study, series, instance)
+        found = [one] if one is not None else []
+    else:
+        keys: dict[str, Any] = {"study_uids": [study]}
+        if series is not None:
+            keys["series_uids"] = [series]
+        found = web.retriever.locate(**keys)
     if not found:
         what = "instance" if instance else "series" if series else "study"
         raise Problem(404, "Not found", f"no {what} {instance or series or study} in the archive")
