@@ -37,7 +37,7 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
-from viewer_api.context import base_url, get_web
+from viewer_api.context import base_url, current_web, get_web
 from viewer_api.errors import Problem
 
 log = logging.getLogger("filmless.viewer")
@@ -168,7 +168,7 @@ class _Dists:
         self._lock = threading.Lock()
 
     def for_request(self, request: Request) -> ViewerDist:
-        configured = get_web(request).settings.viewer_dist
+        configured = current_web(request).settings.viewer_dist
         if configured is None:
             raise Problem(
                 404,

@@ -103,7 +103,7 @@ class RenderQuery:
     annotation: str | None
 
 
-def render_query(
+async def render_query(
     window: str | None = Query(None, description="center,width[,function]: function linear (default), linear-exact or sigmoid"),
     viewport: str | None = Query(None, description="vw,vh (or vw alone, or vw,vh,sx,sy,sw,sh): fit inside vw x vh, keeping the aspect ratio"),
     quality: str | None = Query(None, description="JPEG quality, 1-100 (default 90)"),
