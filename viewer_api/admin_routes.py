@@ -13,7 +13,6 @@ is required and goes into the trash item and the audit log.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -23,6 +22,7 @@ from pydantic import BaseModel, Field
 from storage.index import trash as trash_index
 from storage.index.audit_log import AuditFilterError, parse_time
 from storage.trash import Trash
+from viewer_api.dicomweb.resources import check_uids
 from viewer_api.audit import client_host
 from viewer_api.context import Web, get_web, require
 from viewer_api.errors import Problem
@@ -33,7 +33,6 @@ router = APIRouter()
 dicomweb_router = APIRouter()
 """Mounted under /dicom-web: DELETE of DICOMweb resources."""
 
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _REASON = Query(
     max_length=400,
     description="Why (required): kept with the trash item and in the audit log, e.g. 'wrong patient, "
@@ -47,12 +46,6 @@ _DELETED: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _check_uids(*uids: str | None) -> None:
-    for uid in uids:
-        if uid is not None and (len(uid) > 64 or not _UID.fullmatch(uid)):
-            raise Problem(400, "Invalid UID", f"{uid[:80]!r} is not a DICOM UID")
-
-
 def _delete(
     request: Request,
     web: Web,
@@ -62,7 +55,7 @@ def _delete(
     series: str | None = None,
     instance: str | None = None,
 ) -> Response:
-    _check_uids(study, series, instance)
+    check_uids(study, series, instance)
     if reason is None or not reason.strip():
         raise Problem(
             400, "Reason required", "say why it is deleted: ?reason=... (kept with the trash item and in the audit log)"
@@ -178,7 +171,7 @@ def list_trash(
     principal: Principal = Depends(require("delete")),
     web: Web = Depends(get_web),
 ) -> TrashPage:
-    _check_uids(study)
+    check_uids(study)
     if state is not None and state not in trash_index.STATES:
         raise Problem(400, "Invalid request", f"state is one of {', '.join(trash_index.STATES)}, not {state[:40]!r}")
     try:

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from storage.index.repository import Index, RetrievableInstance, utcnow
+from storage.index.repository import RETRIEVABLE_COLUMNS, Index, RetrievableInstance, utcnow
 from storage.index.schema import instance, instance_metadata, patient, series, study
 
 _CHUNK = 500  # UIDs per IN list (SQLite's default limit of bound parameters is far above)
@@ -62,12 +62,6 @@ def save_metadata(index: Index, items: Sequence[CachedMetadata]) -> None:
         conn.execute(stmt, rows)
 
 
-def forget_metadata(index: Index, uids: Sequence[str]) -> None:
-    with index.write() as conn:
-        for start in range(0, len(uids), _CHUNK):
-            conn.execute(delete(instance_metadata).where(instance_metadata.c.sop_instance_uid.in_(list(uids[start : start + _CHUNK]))))
-
-
 @dataclass(frozen=True)
 class WadoInstance:
     """A current instance as WADO-RS serves it."""
@@ -89,14 +83,7 @@ def wado_instances(
     instance order."""
     stmt = (
         select(
-            study.c.study_instance_uid,
-            series.c.series_instance_uid,
-            instance.c.sop_instance_uid,
-            instance.c.sop_class_uid,
-            instance.c.object_key,
-            instance.c.object_sha256,
-            instance.c.stored_transfer_syntax,
-            instance.c.stored_size,
+            *RETRIEVABLE_COLUMNS,
             instance.c.received_sha256,
             instance.c.number_of_frames,
             instance.c.rows,
@@ -119,14 +106,7 @@ def instances_without_metadata(index: Index, after_pk: int, limit: int) -> list[
     stmt = (
         select(
             instance.c.pk,
-            study.c.study_instance_uid,
-            series.c.series_instance_uid,
-            instance.c.sop_instance_uid,
-            instance.c.sop_class_uid,
-            instance.c.object_key,
-            instance.c.object_sha256,
-            instance.c.stored_transfer_syntax,
-            instance.c.stored_size,
+            *RETRIEVABLE_COLUMNS,
             instance.c.received_sha256,
             instance.c.number_of_frames,
             instance.c.rows,

@@ -79,17 +79,19 @@ _FIND_INSTANCE = select(instance).where(instance.c.sop_instance_uid == bindparam
 _FIND_INSTANCE_LOCKED = _FIND_INSTANCE.with_for_update()
 _INSTANCE_EXISTS = select(instance.c.pk).where(instance.c.sop_instance_uid == bindparam("uid"))
 _INSERT = {t.name: insert(t) for t in (compression_job, audit_event)}
+# The columns of a RetrievableInstance, in its field order (labels = field names).
+RETRIEVABLE_COLUMNS = (
+    study.c.study_instance_uid,
+    series.c.series_instance_uid,
+    instance.c.sop_instance_uid,
+    instance.c.sop_class_uid,
+    instance.c.object_key,
+    instance.c.object_sha256,
+    instance.c.stored_transfer_syntax,
+    instance.c.stored_size,
+)
 _LOCATE_INSTANCE = (
-    select(
-        study.c.study_instance_uid,
-        series.c.series_instance_uid,
-        instance.c.sop_instance_uid,
-        instance.c.sop_class_uid,
-        instance.c.object_key,
-        instance.c.object_sha256,
-        instance.c.stored_transfer_syntax,
-        instance.c.stored_size,
-    )
+    select(*RETRIEVABLE_COLUMNS)
     .select_from(instance.join(series).join(study))
     .where(
         instance.c.sop_instance_uid == bindparam("uid"),
@@ -860,18 +862,7 @@ class Index:
         params = {"study": study_uid, "series": series_uid, "uid": sop_instance_uid}
         with self.read() as conn:
             row = prepared(conn, "locate instance", _LOCATE_INSTANCE).first(conn, params)
-        if row is None:
-            return None
-        return RetrievableInstance(
-            row.study_instance_uid,
-            row.series_instance_uid,
-            row.sop_instance_uid,
-            row.sop_class_uid,
-            row.object_key,
-            row.object_sha256,
-            row.stored_transfer_syntax,
-            int(row.stored_size),
-        )
+        return RetrievableInstance(**row._asdict()) if row is not None else None
 
     def retrievable(
         self,
@@ -887,16 +878,7 @@ class Index:
         if not (patient_id or study_uids or series_uids or sop_instance_uids):
             raise ValueError("a retrieve needs at least one key")
         stmt = (
-            select(
-                study.c.study_instance_uid,
-                series.c.series_instance_uid,
-                instance.c.sop_instance_uid,
-                instance.c.sop_class_uid,
-                instance.c.object_key,
-                instance.c.object_sha256,
-                instance.c.stored_transfer_syntax,
-                instance.c.stored_size,
-            )
+            select(*RETRIEVABLE_COLUMNS)
             .select_from(instance.join(series).join(study).join(patient))
             .order_by(study.c.pk, series.c.series_number, series.c.pk, instance.c.instance_number, instance.c.pk)
         )

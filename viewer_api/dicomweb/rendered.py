@@ -44,6 +44,7 @@ from storage.render import JPEG, MEDIA_TYPES, PNG, DEFAULT_QUALITY, Window, chec
 from viewer_api.audit import client_host
 from viewer_api.context import Web, base_url, get_web, require
 from viewer_api.dicomweb.media import IMMUTABLE, MediaRange, Multipart, accepted, etag, not_acceptable, not_modified
+from viewer_api.dicomweb.resources import check_uids, frame_numbers, instance_url
 from viewer_api.errors import Problem
 from viewer_api.security import Principal
 
@@ -56,7 +57,6 @@ MAX_PARTS = 1000
 THUMBNAIL_VIEWPORT = (128, 128)
 MAX_VIEWPORT = 8192
 THUMBNAIL_CACHE_BYTES = 256 * 1024 * 1024
-_UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
 _INTEGER = re.compile(r"[+-]?[0-9]{1,9}")
 # SOP classes that never hold an image (SR, key objects, presentation states, encapsulated
 # documents, waveforms, RT plans and structure sets, registrations): skipped for studies and series.
@@ -192,24 +192,6 @@ def _rendering(request: Request, query: RenderQuery, *, thumbnail: bool) -> Rend
     return Rendering(_media_type(accepted(request)), window, viewport, region, quality)
 
 
-def _check_uid(*uids: str | None) -> None:
-    for uid in uids:
-        if uid is not None and (len(uid) > 64 or not _UID_PATTERN.fullmatch(uid)):
-            raise _bad("Invalid UID", f"{uid[:80]!r} is not a valid DICOM UID")
-
-
-def _frame_numbers(text: str) -> list[int]:
-    numbers: list[int] = []
-    for piece in text.split(","):
-        piece = piece.strip()
-        if not _INTEGER.fullmatch(piece) or int(piece) < 1:
-            raise _bad("Invalid frame list", f"frame numbers are positive integers separated by commas, not {text[:80]!r}")
-        numbers.append(int(piece))
-    if len(numbers) > MAX_PARTS:
-        raise _bad("Invalid frame list", f"at most {MAX_PARTS} frames per request")
-    return numbers
-
-
 # --- rendering -------------------------------------------------------------------------------
 def _crop(pixels: np.ndarray[Any, Any], region: tuple[int, int, int, int]) -> np.ndarray[Any, Any]:
     """The source region (PS3.18 8.3.5.1.3): sx, sy the top left corner, sw, sh its size; a
@@ -260,10 +242,7 @@ def _maybe_image(item: RetrievableInstance) -> bool:
 
 
 def _instance_url(base: str, item: RetrievableInstance) -> str:
-    return (
-        f"{base}/dicom-web/studies/{item.study_instance_uid}/series/{item.series_instance_uid}"
-        f"/instances/{item.sop_instance_uid}"
-    )
+    return instance_url(base, item.study_instance_uid, item.series_instance_uid, item.sop_instance_uid)
 
 
 # --- the on-disk thumbnail cache ------------------------------------------------------------------
@@ -388,7 +367,7 @@ def thumbnail_cache_of(data_dir: Path) -> ThumbnailCache:
 
 # --- responses -------------------------------------------------------------------------------------
 def _locate(web: Web, study: str, series: str | None = None, instance: str | None = None) -> list[RetrievableInstance]:
-    _check_uid(study, series, instance)
+    check_uids(study, series, instance)
     if series is not None and instance is not None:
         one = web.archive.index.locate_instance(study, series, instance)
         found = [one] if one is not None else []
@@ -439,7 +418,7 @@ def _rendered(
     instance: str | None = None,
     frames: str | None = None,
 ) -> Response:
-    numbers = _frame_numbers(frames) if frames is not None else None
+    numbers = frame_numbers(frames, MAX_PARTS) if frames is not None else None
     rendering = _rendering(request, query, thumbnail=False)
     found = _locate(web, study, series, instance)
     if instance is None:
@@ -543,7 +522,7 @@ def _thumbnail(
     instance: str | None = None,
     frames: str | None = None,
 ) -> Response:
-    numbers = _frame_numbers(frames) if frames is not None else None
+    numbers = frame_numbers(frames, MAX_PARTS) if frames is not None else None
     rendering = _rendering(request, query, thumbnail=True)
     found = _locate(web, study, series, instance)
     candidates = found[:1] if instance is not None else _representative(found)

@@ -41,6 +41,7 @@ from starlette.requests import ClientDisconnect
 from storage.errors import IndexUnavailable, ObjectStoreError, ObjectTooLarge, RejectedInstance, SOPClassMismatch
 from storage.index import Source
 from storage.ingest import Outcome
+from viewer_api.dicomweb.resources import is_uid
 from viewer_api.audit import client_host
 from viewer_api.context import Web, base_url, get_web, require
 from viewer_api.dicomjson import DICOM_JSON, to_json
@@ -55,7 +56,6 @@ _KEEP_IN_MEMORY = 4 * 1024 * 1024
 """Parts up to this size stay in memory; larger ones go to a temporary file."""
 _FEED_BYTES = 1024 * 1024
 """The request body is handed to the parser (in a worker thread) in pieces of about this size."""
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _MAX_WARNINGS = 20
 
 
@@ -203,7 +203,7 @@ async def store_instances(
 async def store_study_instances(
     request: Request, study: str, principal: Principal = Depends(require("store")), web: Web = Depends(get_web)
 ) -> Response:
-    if len(study) > 64 or not _UID.fullmatch(study):
+    if not is_uid(study):
         raise Problem(400, "Invalid study UID", f"{study[:80]!r} is not a DICOM UID")
     return await _stow(request, study, principal, web)
 
@@ -404,7 +404,7 @@ def _peek(data: bytes) -> dict[str, str]:
         }
     except Exception:  # noqa: BLE001 - ingest says what is wrong with it
         return {}
-    return {k: str(v) for k, v in found.items() if v and len(str(v)) <= 64 and _UID.fullmatch(str(v))}
+    return {k: str(v) for k, v in found.items() if v and is_uid(str(v))}
 
 
 def _archive_failed(failed: list[_Failed]) -> bool:

@@ -19,7 +19,6 @@ Content named by UIDs carries a strong ETag over the stored objects' sha256 and 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterator, Sequence
 from io import BytesIO
 from typing import Any
@@ -29,6 +28,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydicom import dcmread
 from pydicom.uid import UID
 
+from storage import part10
 from storage.errors import ArchiveError, CodecError
 from storage.index.metadata import WadoInstance, wado_instances
 from storage.metadata import MetadataCache, MetadataSource, json_array, with_instance_url
@@ -51,6 +51,7 @@ from viewer_api.dicomweb.media import (
     not_acceptable,
     not_modified,
 )
+from viewer_api.dicomweb.resources import check_uids, frame_numbers, instance_url
 from viewer_api.errors import Problem
 from viewer_api.security import Principal
 
@@ -58,22 +59,14 @@ log = logging.getLogger("filmless.wado")
 
 router = APIRouter()
 
-# Lenient on purpose: stored UIDs from old modalities may have leading zeros in a component.
-_UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
 _DICOM = "application/dicom"
 _OCTETS = "application/octet-stream"
 _MAX_FRAMES_PER_REQUEST = 10_000
 
 
 # --- what the path names -------------------------------------------------------------------
-def _check_uid(*uids: str | None) -> None:
-    for uid in uids:
-        if uid is not None and (len(uid) > 64 or not _UID_PATTERN.fullmatch(uid)):
-            raise Problem(400, "Invalid UID", f"{uid[:80]!r} is not a valid DICOM UID")
-
-
 def _instances(web: Web, study: str, series: str | None = None, instance: str | None = None) -> list[WadoInstance]:
-    _check_uid(study, series, instance)
+    check_uids(study, series, instance)
     found = wado_instances(web.archive.index, study, series, instance)
     if not found:
         what = "instance" if instance else "series" if series else "study"
@@ -83,10 +76,7 @@ def _instances(web: Web, study: str, series: str | None = None, instance: str | 
 
 def _instance_url(base: str, w: WadoInstance) -> str:
     item = w.item
-    return (
-        f"{base}/dicom-web/studies/{item.study_instance_uid}/series/{item.series_instance_uid}"
-        f"/instances/{item.sop_instance_uid}"
-    )
+    return instance_url(base, item.study_instance_uid, item.series_instance_uid, item.sop_instance_uid)
 
 
 def _audit(
@@ -139,9 +129,10 @@ def _convert(data: bytes, stored: str, target: str) -> bytes:
             f"{EXPLICIT_VR_LITTLE_ENDIAN} or {IMPLICIT_VR_LITTLE_ENDIAN}",
         )
     native = data if stored in NATIVE_SYNTAXES else decode_to_native(data)
-    ds = dcmread(BytesIO(native))
-    if str(ds.file_meta.TransferSyntaxUID) == target:
+    # Decoding gives explicit VR little endian, the default target: no parse needed then.
+    if part10.split(native).transfer_syntax_uid == target:
         return native
+    ds = dcmread(BytesIO(native))
     ds.file_meta.TransferSyntaxUID = UID(target)
     out = BytesIO()
     ds.save_as(out, enforce_file_format=True, implicit_vr=target == IMPLICIT_VR_LITTLE_ENDIAN, little_endian=True)
@@ -293,18 +284,6 @@ def instance_metadata(
 
 
 # --- frames and bulk data ------------------------------------------------------------------
-def _frame_numbers(text: str) -> list[int]:
-    numbers: list[int] = []
-    for piece in text.split(","):
-        piece = piece.strip()
-        if not (piece.isascii() and piece.isdigit()) or int(piece) < 1:
-            raise Problem(400, "Invalid frame list", f"frame numbers are positive integers separated by commas, not {text[:80]!r}")
-        numbers.append(int(piece))
-    if len(numbers) > _MAX_FRAMES_PER_REQUEST:
-        raise Problem(400, "Invalid frame list", f"at most {_MAX_FRAMES_PER_REQUEST} frames per request")
-    return numbers
-
-
 def _frame_choice(ranges: Sequence[MediaRange], stored: str) -> tuple[bool, bool]:
     """(multipart?, as stored?) for frames stored in ``stored``: the stored bitstream when the
     client takes any type, that type, or transfer-syntax=*; native octets otherwise."""
@@ -370,7 +349,7 @@ def retrieve_frames(
     web: Web = Depends(get_web),
     principal: Principal = Depends(require("read")),
 ) -> Response:
-    numbers = _frame_numbers(frames)
+    numbers = frame_numbers(frames, _MAX_FRAMES_PER_REQUEST)
     found = _instances(web, study, series, instance)
     return _frames_response(request, web, principal, found[0], numbers, "frames")
 

@@ -20,7 +20,6 @@ annotated when it is not.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from io import BytesIO
@@ -34,6 +33,7 @@ from storage.errors import CodecError
 from storage.frames import FrameNotFound, FrameSource
 from storage.index import RetrievableInstance
 from storage.retrieve import NoAcceptableTransferSyntax
+from viewer_api.dicomweb.resources import is_uid
 from viewer_api.audit import client_host
 from viewer_api.context import Web, get_web, require
 from viewer_api.errors import Problem
@@ -45,7 +45,6 @@ DICOM = "application/dicom"
 JPEG = render.JPEG
 PNG = render.PNG
 _RENDERED = (JPEG, PNG)
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _UTF8 = frozenset({"utf-8", "utf8", "iso_ir 192", "iso-ir 192", "iso_ir192"})
 _UNSUPPORTED = {
     "anonymize": "anonymised copies are not offered",
@@ -86,7 +85,7 @@ def parse(query: Mapping[str, str]) -> WadoRequest:
         value = query.get(name)
         if not value:
             raise _bad(f"{name} is required")
-        if len(value) > 64 or not _UID.fullmatch(value):
+        if not is_uid(value):
             raise _bad(f"{name} {value[:80]!r} is not a DICOM UID")
         uids[name] = value
     for name, why in _UNSUPPORTED.items():
@@ -99,7 +98,7 @@ def parse(query: Mapping[str, str]) -> WadoRequest:
             raise _bad(f"charset {charset[:40]!r} is not supported: answers are sent in their stored character set or UTF-8")
     types = tuple(t.split(";")[0].strip().lower() for t in query.get("contentType", "").split(",") if t.strip())
     transfer_syntax = query.get("transferSyntax")
-    if transfer_syntax is not None and (len(transfer_syntax) > 64 or not _UID.fullmatch(transfer_syntax)):
+    if transfer_syntax is not None and not is_uid(transfer_syntax):
         raise _bad(f"transferSyntax {transfer_syntax[:80]!r} is not a transfer syntax UID")
     window = None
     center, width = query.get("windowCenter"), query.get("windowWidth")
