@@ -31,7 +31,7 @@ from dicom_node.find import MODELS, FindService, handle_sop_extended
 from dicom_node.reactor import EventDrivenRequestHandler
 from dicom_node.server import DicomServer, shared_contexts
 from dicom_node.retrieve import RETRIEVE_SOP_CLASSES, RetrieveService
-from dicom_node.store import handle_store
+from dicom_node.store import StoreSCP, handle_store
 from dicom_node.tls import TlsDicomServer
 from filmless.bootstrap import Archive
 from storage.retrieve import Retriever
@@ -98,10 +98,14 @@ def build_ae(archive: Archive) -> tuple[AE, list[PresentationContext], list[tupl
     ae.filmless_retrieve = RetrieveService(  # type: ignore[attr-defined]
         archive.index, Retriever(archive.index, archive.store), ae, ae_title=settings.ae_title
     )
+    store = StoreSCP(archive.ingest)
+    # C-STORE requests are read by the event-driven associations' fast path
+    # (dicom_node.fastpath) when the AE has a store; pynetdicom's handler takes the rest.
+    ae.filmless_store = store  # type: ignore[attr-defined]
     handlers: list[tuple[Any, ...]] = [
         (evt.EVT_REQUESTED, control.handle_requested),
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_C_STORE, handle_store, [archive.ingest]),
+        (evt.EVT_C_STORE, handle_store, [store]),
         (evt.EVT_C_FIND, find.handle),
         (evt.EVT_SOP_EXTENDED, handle_sop_extended),
     ]

@@ -26,18 +26,24 @@ import os
 import queue
 import select
 import ssl
+import struct
 import threading
 import time
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from pynetdicom import evt
 from pynetdicom.association import Association
+from pynetdicom.dul import _PDU_TYPES
 from pynetdicom.dimse_primitives import C_GET, C_MOVE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import RequestHandler
 
+from dicom_node.fastpath import ProtocolError, StoreFastPath
+
 log = logging.getLogger("filmless.dicom.reactor")
+
+_PDU_TYPE_CODES = frozenset(code[0] for code in _PDU_TYPES)
 
 # Longest a reactor sleeps without an event: the resolution of the ARTIM and idle timers.
 TIMER_TICK = 0.02
@@ -67,6 +73,7 @@ class EventDrivenDUL(DULServiceProvider):
         # Outgoing primitives wake this thread; incoming ones wake the association's.
         self.to_provider_queue = SignallingQueue(self.wake)
         self.to_user_queue = SignallingQueue(assoc.wake)
+        self._fast: StoreFastPath | Literal[False] | None = None  # made on the first P-DATA-TF
 
     # pynetdicom stops the thread by assigning ``_kill_thread`` (``stop_dul``, ``kill_dul``).
     @property
@@ -118,6 +125,75 @@ class EventDrivenDUL(DULServiceProvider):
                     pass
             except (BlockingIOError, OSError):
                 pass
+
+    # --- reading PDUs ---------------------------------------------------------------------------
+    def _recv_exact(self, size: int) -> bytearray | None:
+        """``size`` bytes from the socket, or None if the connection closed or failed first."""
+        sock = cast(Any, self.socket).socket
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        received = 0
+        try:
+            while received < size:
+                n = sock.recv_into(view[received:])
+                if not n:
+                    return None
+                received += n
+        except (OSError, TimeoutError) as exc:
+            log.info("connection failed while a PDU was received: %s", exc)
+            return None
+        return buffer
+
+    def _read_pdu_data(self) -> None:
+        """pynetdicom's ``_read_pdu_data`` reading whole PDUs at once (it reads 4 KB at a time),
+        with the P-DATA-TF PDUs of an established association going to the C-STORE fast
+        path (:mod:`dicom_node.fastpath`) first."""
+        header = self._recv_exact(6)
+        if header is None:
+            self.event_queue.put("Evt17")  # transport connection closed
+            return
+        pdu_type, _, length = struct.unpack(">BBL", header)
+        if pdu_type not in _PDU_TYPE_CODES:
+            log.error("unknown PDU type 0x%02X received", pdu_type)
+            self.event_queue.put("Evt19")  # unrecognised or invalid PDU
+            return
+        body = self._recv_exact(length)
+        if body is None:
+            log.error("connection closed before the entire PDU was received")
+            self.event_queue.put("Evt17")
+            return
+        if pdu_type == 0x04 and self.state_machine.current_state == "Sta6":
+            fast = self._fast_path()
+            if fast is not None:
+                try:
+                    fast.feed(body)
+                except ProtocolError as exc:
+                    log.error("invalid P-DATA-TF PDU from %s: %s", self.assoc.requestor.ae_title, exc)
+                    self.event_queue.put("Evt19")
+                return
+        self._queue_pdu(header + body)
+
+    def _queue_pdu(self, pdu_bytes: bytes | bytearray) -> None:
+        """Decode a received PDU and queue it for the state machine, as pynetdicom does."""
+        try:
+            pdu, event = self._decode_pdu(bytearray(pdu_bytes))
+        except Exception:  # noqa: BLE001 - as pynetdicom: an undecodable PDU is Evt19
+            log.exception("unable to decode the received PDU")
+            self.event_queue.put("Evt19")
+            return
+        self.event_queue.put(event)
+        self._recv_pdu.put(pdu)
+
+    def _fast_path(self) -> StoreFastPath | None:
+        """The association's C-STORE fast path, made on its first P-DATA-TF; None when the AE
+        has no archive store (pynetdicom's handlers take everything)."""
+        if self._fast is None:
+            target = getattr(self.assoc.ae, "filmless_store", None)
+            if target is None or not self.assoc.is_acceptor:
+                self._fast = False
+            else:
+                self._fast = StoreFastPath(self.assoc, target, self._queue_pdu, cast(Any, self.socket).send)
+        return self._fast or None
 
     def run_reactor(self) -> None:
         try:

@@ -1,9 +1,15 @@
-"""C-STORE SCP (PS3.4 B, Storage Service Class): a thin adapter over ``storage.ingest``."""
+"""C-STORE SCP (PS3.4 B, Storage Service Class): a thin adapter over ``storage.ingest``.
+
+Two doors lead here: pynetdicom's ``EVT_C_STORE`` handler (:func:`handle_store`), and the
+fast path of event-driven associations (:mod:`dicom_node.fastpath`), which reads C-STORE
+requests itself. Both call :meth:`StoreSCP.store`, so the checks, statuses and log lines
+are the same whichever door a request came through.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import cast
+from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pynetdicom.dimse_primitives import C_STORE
@@ -11,53 +17,87 @@ from pynetdicom.events import Event
 
 from dicom_node.access import NotAuthorized, require
 from dicom_node.status import Status, failure_response, status_for
-from storage.errors import ArchiveError, RejectedInstance, SOPClassMismatch
+from storage.errors import ArchiveError, ObjectTooLarge, RejectedInstance, SOPClassMismatch
 from storage.index import Source
 from storage.ingest import Ingest, Received
 
 log = logging.getLogger("filmless.dicom.store")
 
 
-def handle_store(event: Event, ingest: Ingest) -> Dataset | int:
-    """Store the received dataset; reply success only once it is durable and indexed."""
-    assoc = event.assoc
-    calling = assoc.requestor.ae_title.strip()
-    host = assoc.requestor.address
+class StoreSCP:
+    """Stores received datasets; success only once the object is durable and indexed."""
+
+    def __init__(self, ingest: Ingest) -> None:
+        self.ingest = ingest
+        self.max_object_size = ingest.max_object_size
+
+    def store(
+        self,
+        assoc: Any,
+        abstract_syntax: str,
+        transfer_syntax: str,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        dataset: bytes | None,
+        size: int,
+    ) -> Dataset | int:
+        """Store one C-STORE request's data set and return the response status.
+
+        ``abstract_syntax``/``transfer_syntax``: the presentation context's;
+        ``sop_class_uid``/``sop_instance_uid``: the request's Affected SOP Class and
+        Instance UIDs (empty if absent); ``dataset`` None when it was not kept because its
+        ``size`` exceeds the limit."""
+        calling = assoc.requestor.ae_title.strip()
+        host = assoc.requestor.address
+        try:
+            require(assoc, "store")
+        except NotAuthorized as exc:
+            return failure_response(Status.NOT_AUTHORIZED, exc)
+        try:
+            if dataset is None:
+                raise ObjectTooLarge(f"object of {size} bytes exceeds the limit of {self.max_object_size}")
+            requested = sop_class_uid or abstract_syntax
+            if requested != abstract_syntax:
+                raise SOPClassMismatch(f"request SOP Class {requested} does not match the context's {abstract_syntax}")
+            received = Received(
+                dataset=dataset,
+                transfer_syntax_uid=transfer_syntax,
+                source=Source(aet=calling, host=host),
+                expected_sop_class_uid=abstract_syntax,
+                expected_sop_instance_uid=sop_instance_uid or None,
+            )
+            self.ingest.store_received(received)
+            return int(Status.SUCCESS)
+        except RejectedInstance as exc:
+            status = status_for(exc)
+            log.warning(
+                "C-STORE from %s@%s rejected (%s, 0x%04X): %s",
+                calling,
+                host,
+                status.name,
+                status,
+                exc.reason,
+            )
+            return failure_response(status, exc)
+        except ArchiveError as exc:
+            status = status_for(exc)
+            log.error("C-STORE from %s@%s failed (%s): %s", calling, host, status.name, exc)
+            return failure_response(status, exc)
+        except Exception as exc:  # noqa: BLE001 - never let a bug become an unanswered request
+            log.exception("C-STORE from %s@%s failed unexpectedly", calling, host)
+            return failure_response(Status.PROCESSING_FAILURE, exc)
+
+
+def handle_store(event: Event, scp: StoreSCP) -> Dataset | int:
+    """pynetdicom's ``EVT_C_STORE`` handler."""
     request = cast(C_STORE, event.request)
-    try:
-        require(assoc, "store")
-    except NotAuthorized as exc:
-        return failure_response(Status.NOT_AUTHORIZED, exc)
-    try:
-        data = request.DataSet.getvalue() if request.DataSet is not None else b""
-        negotiated = str(event.context.abstract_syntax)
-        requested = str(request.AffectedSOPClassUID or negotiated)
-        if requested != negotiated:
-            raise SOPClassMismatch(f"request SOP Class {requested} does not match the context's {negotiated}")
-        received = Received(
-            dataset=data,
-            transfer_syntax_uid=str(event.context.transfer_syntax),
-            source=Source(aet=calling, host=host),
-            expected_sop_class_uid=negotiated,
-            expected_sop_instance_uid=str(request.AffectedSOPInstanceUID or "") or None,
-        )
-        ingest.store_received(received)
-        return int(Status.SUCCESS)
-    except RejectedInstance as exc:
-        status = status_for(exc)
-        log.warning(
-            "C-STORE from %s@%s rejected (%s, 0x%04X): %s",
-            calling,
-            host,
-            status.name,
-            status,
-            exc.reason,
-        )
-        return failure_response(status, exc)
-    except ArchiveError as exc:
-        status = status_for(exc)
-        log.error("C-STORE from %s@%s failed (%s): %s", calling, host, status.name, exc)
-        return failure_response(status, exc)
-    except Exception as exc:  # noqa: BLE001 - never let a bug become an unanswered request
-        log.exception("C-STORE from %s@%s failed unexpectedly", calling, host)
-        return failure_response(Status.PROCESSING_FAILURE, exc)
+    data = request.DataSet.getvalue() if request.DataSet is not None else b""
+    return scp.store(
+        event.assoc,
+        str(event.context.abstract_syntax),
+        str(event.context.transfer_syntax),
+        str(request.AffectedSOPClassUID or ""),
+        str(request.AffectedSOPInstanceUID or ""),
+        data,
+        len(data),
+    )
