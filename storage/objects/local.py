@@ -7,7 +7,6 @@ leftover ``*.tmp`` files are ignored by :meth:`keys` and swept by :meth:`sweep_t
 
 from __future__ import annotations
 
-import errno
 import os
 import time
 from collections.abc import Iterator
@@ -59,18 +58,31 @@ class LocalObjectStore:
                 pass
             raise ObjectStoreError(f"cannot write object: {exc.strerror or exc}") from exc
 
-    @staticmethod
-    def _create(tmp: Path) -> int:
-        """Create the temporary file, and its directories; a delete that removes a directory
-        just emptied (see :meth:`_prune`) between the two makes the creation try again."""
+    def _create(self, tmp: Path) -> int:
+        """Create the temporary file, and its directories when missing (made durable: each
+        new directory's parent is fsynced). A delete that removes a directory just emptied
+        (see :meth:`_prune`) between the two makes the creation try again."""
         for attempt in range(5):
-            tmp.parent.mkdir(parents=True, exist_ok=True)
             try:
                 return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
             except FileNotFoundError:
                 if attempt == 4:
                     raise
+            self._make_dirs(tmp.parent)
         raise AssertionError("unreachable")
+
+    def _make_dirs(self, directory: Path) -> None:
+        missing: list[Path] = []
+        while directory != self.root and not directory.is_dir():
+            missing.append(directory)
+            directory = directory.parent
+        for new in reversed(missing):
+            try:
+                new.mkdir()
+            except FileExistsError:
+                continue
+            if self.fsync:
+                _fsync_dir(new.parent)
 
     def open(self, key: str) -> BinaryIO:
         try:
@@ -111,13 +123,14 @@ class LocalObjectStore:
         return True
 
     def _prune(self, path: Path) -> None:
-        """Remove the object's fan-out directories once empty."""
-        for parent in (path.parent, path.parent.parent):
+        """Remove the object's fan-out directories once empty (never the root itself)."""
+        parent = path.parent
+        while parent != self.root and self.root in parent.parents:
             try:
                 parent.rmdir()
-            except OSError as exc:
-                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT, errno.EBUSY):
-                    break
+            except OSError:
+                break  # not empty (the usual case), gone already, or busy
+            parent = parent.parent
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
