@@ -98,6 +98,32 @@ def split(items: Sequence[Path], parts: int) -> list[list[Path]]:
 # --------------------------------------------------------------------------- sending
 
 
+def _cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    with open("/proc/stat") as fh:
+        fields = [int(v) for v in fh.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def wait_until_quiet(max_busy: float = 0.15, window: float = 0.3, timeout: float = 20.0) -> float:
+    """Wait until the machine's CPUs were at most ``max_busy`` busy over ``window`` seconds
+    (or ``timeout`` passed); returns the seconds waited.
+
+    A target is "ready" once its port answers, but it may still be starting: filmless's
+    worker processes import their modules for a second or two after the DICOM port opens.
+    Every target gets the same wait, so none is measured while it still starts up."""
+    start = time.monotonic()
+    busy0, total0 = _cpu_times()
+    while time.monotonic() - start < timeout:
+        time.sleep(window)
+        busy1, total1 = _cpu_times()
+        if total1 > total0 and (busy1 - busy0) / (total1 - total0) <= max_busy:
+            break
+        busy0, total0 = busy1, total1
+    return time.monotonic() - start
+
+
 def send(
     files: Sequence[Path],
     port: int,
@@ -124,6 +150,7 @@ def send(
     ]
     logs: list[IO[bytes]] = [open(log_dir / f"storescu-{i}.log", "wb") for i in range(len(commands))]  # noqa: SIM115
     procs: list[subprocess.Popen[bytes]] = []
+    wait_until_quiet()
     try:
         t0 = time.perf_counter()
         for command, log in zip(commands, logs, strict=True):

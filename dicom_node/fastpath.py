@@ -192,7 +192,7 @@ class StoreFastPath:
         self._request: _Request | None = None
         self._abstract_syntax = ""
         self._transfer_syntax = ""
-        self._dataset = bytearray()
+        self._dataset: list[memoryview] = []
         self._size = 0
         self._too_large = False
 
@@ -281,9 +281,11 @@ class StoreFastPath:
         if self._size > self.target.max_object_size:
             # Counted, not kept: the request is refused once it is complete.
             self._too_large = True
-            self._dataset = bytearray()
+            self._dataset = []
         elif not self._too_large:
-            self._dataset += data
+            # A view into its PDU's own buffer (each PDU is read into a new one): the data
+            # set is copied once, when it is complete.
+            self._dataset.append(data)
         if header & _LAST:
             self._complete()
 
@@ -291,9 +293,9 @@ class StoreFastPath:
     def _complete(self) -> None:
         request = self._request
         assert request is not None
-        dataset = None if self._too_large else bytes(self._dataset)
+        dataset = None if self._too_large else b"".join(self._dataset)
         size = self._size
-        self._request, self._dataset, self._size, self._too_large = None, bytearray(), 0, False
+        self._request, self._dataset, self._size, self._too_large = None, [], 0, False
         result = self.target.store(
             self.assoc,
             self._abstract_syntax,
