@@ -28,10 +28,13 @@ import re
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
+
+if TYPE_CHECKING:
+    from dicom_node.store import StoreSCP
 
 log = logging.getLogger("filmless.dicom.fastpath")
 
@@ -56,23 +59,6 @@ _MIN_PEER_PDU = 1024
 
 class ProtocolError(Exception):
     """The P-DATA-TF stream breaks PS3.7/PS3.8: the association is aborted."""
-
-
-class StoreTarget(Protocol):
-    """What the fast path needs from the archive's storage SCP."""
-
-    max_object_size: int
-
-    def store(
-        self,
-        assoc: Any,
-        abstract_syntax: str,
-        transfer_syntax: str,
-        sop_class_uid: str,
-        sop_instance_uid: str,
-        dataset: bytes | None,
-        size: int,
-    ) -> Any: ...
 
 
 @dataclass
@@ -173,7 +159,7 @@ class StoreFastPath:
     def __init__(
         self,
         assoc: Any,
-        target: StoreTarget,
+        target: StoreSCP,
         forward: Callable[[bytes], None],
         send: Callable[[bytes], None],
     ) -> None:
@@ -183,7 +169,7 @@ class StoreFastPath:
         self.send = send
         peer_max = assoc.requestor.maximum_length or 0
         # The whole association goes to pynetdicom when the peer's PDUs are too small for
-        # our response, or when pynetdicom is asked to store every SOP class as storage.
+        # our response.
         self.enabled = not (0 < peer_max < _MIN_PEER_PDU)
         # The message being received: its command fragments (kept to forward them if the
         # message is not ours), then for a C-STORE taken over, the request and data set.

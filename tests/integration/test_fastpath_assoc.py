@@ -3,7 +3,6 @@ event-driven server whose AE has an archive store (``filmless_store``)."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,9 +12,8 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from dicom_node.reactor import EventDrivenRequestHandler
 from dicom_node.status import Status, failure_response
-from tests.integration.test_reactor import _ct
+from tests.integration.test_reactor import _ct, echo_and_ct_ae, event_driven_server
 from tests.peers import LOOPBACK
 
 
@@ -42,22 +40,10 @@ class Store:
 @pytest.fixture
 def server() -> Iterator[tuple[ThreadedAssociationServer, Store]]:
     store = Store()
-    ae = AE(ae_title="FAST")
-    ae.add_supported_context(Verification)
-    ae.add_supported_context(CTImageStorage, ExplicitVRLittleEndian)
+    ae = echo_and_ct_ae("FAST")
     ae.filmless_store = store  # type: ignore[attr-defined]
-    server = ae.make_server(
-        (LOOPBACK, 0),
-        evt_handlers=[(evt.EVT_C_STORE, store.handler)],
-        server_class=ThreadedAssociationServer,
-        request_handler=EventDrivenRequestHandler,
-    )
-    ae._servers.append(server)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with event_driven_server(ae, [(evt.EVT_C_STORE, store.handler)]) as server:
         yield server, store
-    finally:
-        server.shutdown()
 
 
 def _associate(server: ThreadedAssociationServer, max_pdu: int = 16382) -> Any:

@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -49,9 +50,7 @@ class Recorder:
 @pytest.fixture
 def scp() -> Iterator[tuple[ThreadedAssociationServer, Recorder]]:
     recorder = Recorder()
-    ae = AE(ae_title="REACTOR")
-    ae.add_supported_context(Verification)
-    ae.add_supported_context(CTImageStorage, ExplicitVRLittleEndian)
+    ae = echo_and_ct_ae("REACTOR")
     ae.network_timeout = 0.5
     handlers: list[Any] = [
         (evt.EVT_ESTABLISHED, recorder.on("established")),
@@ -59,14 +58,28 @@ def scp() -> Iterator[tuple[ThreadedAssociationServer, Recorder]]:
         (evt.EVT_ABORTED, recorder.on("aborted")),
         (evt.EVT_C_STORE, recorder.store),
     ]
+    with event_driven_server(ae, handlers) as server:
+        yield server, recorder
+
+
+def echo_and_ct_ae(title: str) -> AE:
+    """An AE that accepts Verification and CT Image Storage (Explicit VR Little Endian)."""
+    ae = AE(ae_title=title)
+    ae.add_supported_context(Verification)
+    ae.add_supported_context(CTImageStorage, ExplicitVRLittleEndian)
+    return ae
+
+
+@contextmanager
+def event_driven_server(ae: AE, handlers: list[Any]) -> Iterator[ThreadedAssociationServer]:
+    """``ae`` serving on a free loopback port with event-driven associations."""
     server = ae.make_server(
         (LOOPBACK, 0), evt_handlers=handlers, server_class=ThreadedAssociationServer, request_handler=EventDrivenRequestHandler
     )
     ae._servers.append(server)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield server, recorder
+        yield server
     finally:
         server.shutdown()
 
