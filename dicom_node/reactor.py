@@ -44,6 +44,8 @@ from dicom_node.fastpath import ProtocolError, StoreFastPath
 log = logging.getLogger("filmless.dicom.reactor")
 
 _PDU_TYPE_CODES = frozenset(code[0] for code in _PDU_TYPES)
+# Most a PDU's buffer is allocated ahead of the bytes received (see _recv_exact).
+_RECV_CHUNK = 1 << 20
 
 # Longest a reactor sleeps without an event: the resolution of the ARTIM and idle timers.
 TIMER_TICK = 0.02
@@ -128,14 +130,18 @@ class EventDrivenDUL(DULServiceProvider):
 
     # --- reading PDUs ---------------------------------------------------------------------------
     def _recv_exact(self, size: int) -> bytearray | None:
-        """``size`` bytes from the socket, or None if the connection closed or failed first."""
+        """``size`` bytes from the socket, or None if the connection closed or failed first.
+
+        Memory grows with what actually arrives (at most _RECV_CHUNK ahead of it): a PDU
+        header may claim up to 4 GiB."""
         sock = cast(Any, self.socket).socket
-        buffer = bytearray(size)
-        view = memoryview(buffer)
+        buffer = bytearray(min(size, _RECV_CHUNK))
         received = 0
         try:
             while received < size:
-                n = sock.recv_into(view[received:])
+                if received == len(buffer):
+                    buffer.extend(bytes(min(size - received, _RECV_CHUNK)))
+                n = sock.recv_into(memoryview(buffer)[received:])
                 if not n:
                     return None
                 received += n

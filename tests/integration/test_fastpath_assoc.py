@@ -3,6 +3,9 @@ event-driven server whose AE has an archive store (``filmless_store``)."""
 
 from __future__ import annotations
 
+import socket
+import time
+import tracemalloc
 from collections.abc import Iterator
 from typing import Any
 
@@ -92,3 +95,20 @@ def test_a_peer_with_tiny_pdus_gets_pynetdicoms_handler(server: tuple[ThreadedAs
     finally:
         assoc.release()
     assert store.slow == [uid] and store.fast == []
+
+
+def test_a_pdu_header_claiming_gigabytes_does_not_allocate_them(server: tuple[ThreadedAssociationServer, Store]) -> None:
+    srv, _ = server
+    tracemalloc.start()
+    try:
+        with socket.create_connection((LOOPBACK, srv.server_address[1]), timeout=10) as sock:
+            # An A-ASSOCIATE-RQ that says it is 4 GiB long, then 1 KB of it, then the end.
+            sock.sendall(b"\x01\x00" + (0xFFFFFFF0).to_bytes(4, "big") + b"\0" * 1024)
+            time.sleep(0.3)
+        time.sleep(0.3)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024 * 1024
+    assoc = _associate(srv)  # the server goes on
+    assoc.release()
