@@ -37,7 +37,7 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
-from viewer_api.context import base_url, current_web, get_web
+from viewer_api.context import base_url, current_web
 from viewer_api.errors import Problem
 
 log = logging.getLogger("filmless.viewer")

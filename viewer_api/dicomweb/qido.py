@@ -43,7 +43,7 @@ from storage.query import STUDY_ROOT, MatchOptions, Query, QueryError, QueryLeve
 from storage.query.keys import COMMON_KEYS, INSTANCE_AVAILABILITY, RETRIEVE_AE_TITLE
 from storage.query.response import RESPONSE_CHARACTER_SET
 from viewer_api.audit import client_host
-from viewer_api.context import base_url, current_web, get_web, require
+from viewer_api.context import base_url, current_web, require
 from viewer_api.dicomjson import DICOM_JSON, to_json
 from viewer_api.errors import Problem
 from viewer_api.security import Principal

@@ -40,8 +40,7 @@ from starlette.requests import ClientDisconnect
 
 from storage.errors import IndexUnavailable, ObjectStoreError, ObjectTooLarge, RejectedInstance, SOPClassMismatch
 from storage.index import Source
-from storage.ingest import Outcome
-from viewer_api.dicomweb.resources import is_uid
+from viewer_api.dicomweb.resources import check_uids, is_uid
 from viewer_api.audit import client_host
 from viewer_api.context import Web, base_url, get_web, require
 from viewer_api.dicomjson import DICOM_JSON, to_json
@@ -172,16 +171,19 @@ class _Failed:
     sop_instance_uid: str | None = None
 
 
+_STOW_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "All instances stored"},
+    202: {"description": "Some instances stored, some failed (see FailedSOPSequence)"},
+    409: {"description": "No instance stored"},
+    413: {"description": "The body exceeds max_upload_size"},
+    415: {"description": "Not multipart/related application/dicom"},
+}
+
+
 @router.post(
     "/studies",
     summary="Store instances (STOW-RS, PS3.18 10.5): multipart/related; type=\"application/dicom\"",
-    responses={
-        200: {"description": "All instances stored"},
-        202: {"description": "Some instances stored, some failed (see FailedSOPSequence)"},
-        409: {"description": "No instance stored"},
-        413: {"description": "The body exceeds max_upload_size"},
-        415: {"description": "Not multipart/related application/dicom"},
-    },
+    responses=_STOW_RESPONSES,
 )
 async def store_instances(
     request: Request, principal: Principal = Depends(require("store")), web: Web = Depends(get_web)
@@ -192,19 +194,12 @@ async def store_instances(
 @router.post(
     "/studies/{study}",
     summary="Store instances of one study (STOW-RS); instances of another study fail (A900)",
-    responses={
-        200: {"description": "All instances stored"},
-        202: {"description": "Some instances stored, some failed (see FailedSOPSequence)"},
-        409: {"description": "No instance stored"},
-        413: {"description": "The body exceeds max_upload_size"},
-        415: {"description": "Not multipart/related application/dicom"},
-    },
+    responses=_STOW_RESPONSES,
 )
 async def store_study_instances(
     request: Request, study: str, principal: Principal = Depends(require("store")), web: Web = Depends(get_web)
 ) -> Response:
-    if not is_uid(study):
-        raise Problem(400, "Invalid study UID", f"{study[:80]!r} is not a DICOM UID")
+    check_uids(study)
     return await _stow(request, study, principal, web)
 
 
