@@ -164,6 +164,9 @@ instance = Table(
     Column("received_transfer_syntax", _UID, nullable=False),
     Column("stored_transfer_syntax", _UID, nullable=False),
     Column("received_size", BigInteger, nullable=False),
+    # The sha256 of the object as it is stored when kept as received (filmless's file meta +
+    # the dataset as it arrived; rows from before 2026-11-24 hash the dataset alone): equal
+    # hashes mean a duplicate, other hashes are compared by content.
     Column("received_sha256", String(64), nullable=False),
     Column("stored_size", BigInteger, nullable=False),
     Column("object_key", String(200), nullable=False, unique=True),

@@ -137,6 +137,21 @@ def test_identical_resend_is_a_duplicate(archive: Archive) -> None:
     assert outcomes[0] == "duplicate"
 
 
+def test_an_object_kept_as_received_is_hashed_once(archive: Archive) -> None:
+    """The received hash is that of the object as stored when kept as received, so one
+    sha256 serves both; compressed later, only the stored hash changes."""
+    (data,) = _ct(1)
+    archive.ingest.store_received(_as_cstore(data))
+    (row,) = rows(archive, schema.instance)
+    stored = archive.store.read(row.object_key)
+    assert row.received_sha256 == row.object_sha256 == hashlib.sha256(stored).hexdigest()
+    assert stored.endswith(part10.split(data).dataset)
+    archive.compressor().drain()
+    (after,) = rows(archive, schema.instance)
+    assert after.received_sha256 == row.received_sha256 and after.object_sha256 != row.object_sha256
+    assert archive.ingest.store_file(data, SOURCE).outcome is Outcome.DUPLICATE
+
+
 def test_changed_resend_becomes_version_2(archive: Archive) -> None:
     ds = small_ct(1, size=32)[0]
     first = archive.ingest.store_file(to_part10(ds), SOURCE)
