@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 import warnings
 from dataclasses import dataclass, field
+from io import BytesIO
 from typing import Any
 
 from pydicom.charset import decode_bytes, python_encoding
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
 from pydicom.tag import Tag
 
 from storage.errors import MissingAttribute
+from storage.part10 import Scanned
 from storage.text import fold, nfc
 
 _UID_RE = re.compile(r"^[0-9][0-9.]*$")
@@ -46,10 +50,46 @@ class InstanceAttributes:
         return str(self.instance["sop_class_uid"])
 
 
+# The binary integers the index reads are all US (PS3.6); their encoding by explicit VR.
+_BINARY_FORMATS = {b"US": "H", b"SS": "h", b"UL": "I", b"SL": "i"}
+
+
+class RawElements:
+    """The top-level elements of a dataset read straight from its bytes, where
+    :func:`storage.part10.scan` found them: no pydicom parse of the whole header."""
+
+    def __init__(self, scanned: Scanned) -> None:
+        self.scanned = scanned
+        self._fmt = "<" if scanned.little else ">"
+
+    def raw(self, tag: int) -> bytes | None:
+        found = self.scanned.elements.get(tag)
+        return None if found is None else self.scanned.data[found[2] : found[3]]
+
+    def binary_integer(self, tag: int) -> int | None:
+        found = self.scanned.elements.get(tag)
+        if found is None:
+            return None
+        vr, _, start, end = found
+        code = _BINARY_FORMATS.get(vr, "H")  # implicit VR (or UN): the dictionary's US
+        size = struct.calcsize(code)
+        if end - start < size:
+            return None
+        return int(struct.unpack_from(self._fmt + code, self.scanned.data, start)[0])
+
+    def element(self, tag: int) -> Any:
+        """One element parsed by pydicom (for the rare sequence the index reads)."""
+        found = self.scanned.elements.get(tag)
+        if found is None:
+            return None
+        one = read_dataset(BytesIO(self.scanned.data[found[1] : found[3]]), self.scanned.implicit, self.scanned.little)
+        return one.get(Tag(tag))
+
+
 class _Reader:
     """Decodes raw values of one dataset, collecting warnings instead of raising."""
 
-    def __init__(self, ds: Dataset) -> None:
+    def __init__(self, ds: Dataset | RawElements) -> None:
         self.ds = ds
         self.warnings: list[str] = []
         raw_charset = self._bytes(ds, 0x00080005)
@@ -74,7 +114,9 @@ class _Reader:
         return encodings or ["iso8859"]
 
     @staticmethod
-    def _bytes(ds: Dataset, tag: int) -> bytes | None:
+    def _bytes(ds: Dataset | RawElements, tag: int) -> bytes | None:
+        if isinstance(ds, RawElements):
+            return ds.raw(tag)
         elem = ds.get_item(Tag(tag))
         if elem is None:
             return None
@@ -90,7 +132,7 @@ class _Reader:
             return "\\".join(str(v) for v in value).encode("utf-8")
         return str(value).encode("utf-8")
 
-    def text(self, tag: int, *, ds: Dataset | None = None, delims: set[int] | None = None) -> str | None:
+    def text(self, tag: int, *, ds: Dataset | RawElements | None = None, delims: set[int] | None = None) -> str | None:
         raw = self._bytes(self.ds if ds is None else ds, tag)
         if raw is None:
             return None
@@ -100,7 +142,7 @@ class _Reader:
         value = self._decode(raw, tag, delims or _TEXT_DELIMS)
         return nfc(value.strip())
 
-    def person_name(self, tag: int, *, ds: Dataset | None = None) -> str | None:
+    def person_name(self, tag: int, *, ds: Dataset | RawElements | None = None) -> str | None:
         """A PN value without the empty trailing components and groups PS3.5 6.2.1.1 allows."""
         value = self.text(tag, ds=ds, delims=_PN_DELIMS)
         if not value:
@@ -135,7 +177,7 @@ class _Reader:
             f"{self.charset or 'default'}; indexed with replacement characters"
         )
 
-    def ascii(self, tag: int, *, ds: Dataset | None = None) -> str | None:
+    def ascii(self, tag: int, *, ds: Dataset | RawElements | None = None) -> str | None:
         raw = self._bytes(self.ds if ds is None else ds, tag)
         if raw is None:
             return None
@@ -154,6 +196,8 @@ class _Reader:
             return None
 
     def binary_integer(self, tag: int) -> int | None:
+        if isinstance(self.ds, RawElements):
+            return self.ds.binary_integer(tag)
         try:
             elem = self.ds.get(Tag(tag))
         except Exception:  # noqa: BLE001
@@ -186,7 +230,8 @@ def _folded(value: str | None) -> str | None:
 def _other_patient_ids(reader: _Reader) -> str | None:
     ids: list[dict[str, str | None]] = []
     try:
-        seq = reader.ds.get((0x0010, 0x1002))
+        ds = reader.ds
+        seq = ds.element(0x00101002) if isinstance(ds, RawElements) else ds.get((0x0010, 0x1002))
     except Exception:  # noqa: BLE001 - a malformed sequence is not worth losing the image over
         reader.warnings.append("Other Patient IDs Sequence is unreadable")
         seq = None
@@ -207,8 +252,9 @@ def _other_patient_ids(reader: _Reader) -> str | None:
     return json.dumps(ids, ensure_ascii=False) if ids else None
 
 
-def extract(ds: Dataset) -> InstanceAttributes:
-    """The index attributes of ``ds`` (PS3.4 C.6.1.1 / C.6.2.1 keys and common optional ones).
+def extract(ds: Dataset | RawElements) -> InstanceAttributes:
+    """The index attributes of ``ds`` (PS3.4 C.6.1.1 / C.6.2.1 keys and common optional ones),
+    a pydicom dataset of raw elements or the :class:`RawElements` of a scanned one.
 
     Raises :class:`MissingAttribute` when a required identifier is absent or not a UID.
     """

@@ -28,14 +28,12 @@ from concurrent import futures
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from io import BytesIO
 from typing import Any
 
-from pydicom.filereader import read_dataset
-from pydicom.uid import AllTransferSyntaxes, DeflatedExplicitVRLittleEndian
+from pydicom.uid import AllTransferSyntaxes
 
 from storage import codecs, part10
-from storage.attributes import InstanceAttributes, extract
+from storage.attributes import InstanceAttributes, RawElements, extract
 from storage.codecs import CompressionPolicy, sha256
 from storage.errors import (
     ArchiveError,
@@ -195,8 +193,9 @@ class Ingest:
 
     def _store(self, received: Received, write: _Write | None) -> StoreResult:
         ts, size = received.transfer_syntax_uid, len(received.dataset)
-        has_pixels = part10.check_complete(received.dataset, ts)
-        attrs = self._parse(received.dataset, ts, has_pixels)
+        scanned = part10.scan(received.dataset, ts)
+        has_pixels = scanned.has_pixels
+        attrs = self._parse(scanned)
         self._check_expected(received, attrs)
 
         # The received hash is the sha256 of the object as it is stored when kept as received
@@ -308,22 +307,12 @@ class Ingest:
 
     # --- steps ---------------------------------------------------------------------------------
     @staticmethod
-    def _parse(dataset: bytes, ts: str, has_pixels: bool) -> InstanceAttributes:
-        implicit, little = part10.encoding_of(ts)
-        raw = part10.inflate(dataset) if ts == DeflatedExplicitVRLittleEndian else dataset
-        try:
-            ds = read_dataset(
-                BytesIO(raw),
-                implicit,
-                little,
-                stop_when=lambda tag, vr, length: tag == 0x7FE00010,
-            )
-        except Exception as exc:  # noqa: BLE001 - pydicom raises many types on bad input
-            raise MalformedDataset(f"the dataset cannot be parsed: {str(exc)[:200]}") from exc
-        attrs = extract(ds)
+    def _parse(scanned: part10.Scanned) -> InstanceAttributes:
+        """The index attributes, read from the element bytes the structure walk located."""
+        attrs = extract(RawElements(scanned))
         described = all(attrs.instance.get(k) for k in ("rows", "columns", "bits_allocated"))
-        float_pixels = 0x7FE00008 in ds or 0x7FE00009 in ds
-        if described and not has_pixels and not float_pixels:
+        float_pixels = 0x7FE00008 in scanned.elements or 0x7FE00009 in scanned.elements
+        if described and not scanned.has_pixels and not float_pixels:
             # A dataset cut exactly between two elements parses; an image without its pixels
             # is what such a cut most often leaves.
             raise MalformedDataset("the image attributes are present but Pixel Data is missing (truncated?)")

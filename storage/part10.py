@@ -145,6 +145,21 @@ def inflate(dataset: bytes) -> bytes:
         raise MalformedDataset(f"deflated dataset cannot be inflated: {exc}") from exc
 
 
+@dataclass(frozen=True)
+class Scanned:
+    """A dataset whose structure was walked: whole, with its top-level elements located.
+
+    ``data`` is the dataset as parsed (inflated if it was deflated); ``elements`` maps each
+    top-level tag to ``(vr, header offset, value offset, value end)`` (``vr`` is ``b""`` in
+    implicit VR); ``implicit``/``little`` the encoding actually found."""
+
+    data: bytes
+    implicit: bool
+    little: bool
+    has_pixels: bool
+    elements: dict[int, tuple[bytes, int, int, int]]
+
+
 def check_complete(dataset: bytes, transfer_syntax_uid: str) -> bool:
     """Walk the element structure and raise :class:`MalformedDataset` if it is cut short.
 
@@ -152,23 +167,33 @@ def check_complete(dataset: bytes, transfer_syntax_uid: str) -> bool:
     item and encapsulated pixel data must be closed by its delimiter (PS3.5 7.5).
     Returns whether the dataset has top-level Pixel Data.
     """
+    return scan(dataset, transfer_syntax_uid).has_pixels
+
+
+def scan(dataset: bytes, transfer_syntax_uid: str) -> Scanned:
+    """:func:`check_complete`, keeping where each top-level element lies (one pass serves
+    the completeness check and the reading of the index attributes)."""
     if transfer_syntax_uid == DeflatedExplicitVRLittleEndian:
         dataset = inflate(dataset)
     implicit, little = encoding_of(transfer_syntax_uid)
     if not dataset:
         raise MalformedDataset("the dataset is empty")
-    top_level_pixel_data = [False]
+    top: dict[int, tuple[bytes, int, int, int]] = {}
     try:
-        end = _walk(dataset, 0, len(dataset), implicit, little, until=None, seen=top_level_pixel_data)
+        end = _walk(dataset, 0, len(dataset), implicit, little, until=None, top=top)
     except MalformedDataset:
         if implicit or not little or dataset[4:6] in _ALL_VRS:
             raise
         # Some writers put an implicit VR dataset behind an explicit transfer syntax;
         # pydicom reads those by looking, and so do we.
-        end = _walk(dataset, 0, len(dataset), True, little, until=None, seen=top_level_pixel_data)
+        implicit, top = True, {}
+        end = _walk(dataset, 0, len(dataset), True, little, until=None, top=top)
     if end != len(dataset) and dataset[end:].strip(b"\x00"):
         raise MalformedDataset(f"unparseable bytes at offset {end} of the dataset")
-    return top_level_pixel_data[0]
+    return Scanned(dataset, implicit, little, _PIXEL_DATA in top, top)
+
+
+_PIXEL_DATA = 0x7FE00010
 
 
 def _walk(
@@ -178,30 +203,33 @@ def _walk(
     implicit: bool,
     little: bool,
     until: tuple[int, int] | None,
-    seen: list[bool] | None = None,
+    top: dict[int, tuple[bytes, int, int, int]] | None = None,
 ) -> int:
     """Walk elements from ``pos``; stop at ``end`` or after the ``until`` delimiter.
 
-    ``seen[0]`` is set when Pixel Data occurs at this level (the top level passes it)."""
+    ``top`` (passed for the top level) receives each element's
+    ``(vr, header offset, value offset, value end)``."""
     fmt = "<" if little else ">"
+    header_fmt = fmt + "HH"
+    long_fmt, short_fmt = fmt + "I", fmt + "H"
+    unpack_from = struct.unpack_from
     while pos < end:
         if pos + 8 > end:
             if until is None and not data[pos:end].strip(b"\x00"):
                 return end  # trailing padding
             raise MalformedDataset(f"element header cut off at offset {pos}")
-        group, elem = struct.unpack_from(fmt + "HH", data, pos)
+        start = pos
+        group, elem = unpack_from(header_fmt, data, pos)
         tag = (group, elem)
-        if seen is not None and tag == (0x7FE0, 0x0010):
-            seen[0] = True
         if group == 0xFFFE:
-            (length,) = struct.unpack_from(fmt + "I", data, pos + 4)
+            (length,) = unpack_from(long_fmt, data, pos + 4)
             pos += 8
             if until is not None and tag == until:
                 return pos
             raise MalformedDataset(f"unexpected delimiter ({group:04X},{elem:04X}) at offset {pos - 8}")
         vr = b""
         if implicit:
-            (length,) = struct.unpack_from(fmt + "I", data, pos + 4)
+            (length,) = unpack_from(long_fmt, data, pos + 4)
             pos += 8
         else:
             vr = data[pos + 4 : pos + 6]
@@ -212,11 +240,12 @@ def _walk(
                     )
                 if pos + 12 > end:
                     raise MalformedDataset(f"element header cut off at offset {pos}")
-                (length,) = struct.unpack_from(fmt + "I", data, pos + 8)
+                (length,) = unpack_from(long_fmt, data, pos + 8)
                 pos += 12
             else:
-                (length,) = struct.unpack_from(fmt + "H", data, pos + 6)
+                (length,) = unpack_from(short_fmt, data, pos + 6)
                 pos += 8
+        value_at = pos
         if length == _UNDEFINED:
             if tag == (0x7FE0, 0x0010):
                 pos = _walk_fragments(data, pos, end, fmt)
@@ -232,6 +261,8 @@ def _walk(
             if vr == b"SQ" or (implicit and _is_known_sequence(tag)):
                 _walk_items(data, pos, pos + length, implicit, little, defined=True)
             pos += length
+        if top is not None:
+            top[(group << 16) | elem] = (vr, start, value_at, pos)
     if until is not None:
         raise MalformedDataset("an undefined-length sequence or item is not closed")
     return pos

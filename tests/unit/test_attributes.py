@@ -18,7 +18,7 @@ from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from storage import part10
-from storage.attributes import extract
+from storage.attributes import InstanceAttributes, RawElements, extract
 from storage.errors import MissingAttribute
 from storage.text import fold
 from tests.fixtures import synthetic
@@ -31,8 +31,9 @@ def _as_received(data: bytes) -> Dataset:
     """The dataset as ingest parses it: raw elements, stopping before Pixel Data."""
     split = part10.split(data)
     implicit, little = part10.encoding_of(split.transfer_syntax_uid)
+    dataset = part10.inflate(split.dataset) if split.transfer_syntax_uid == "1.2.840.10008.1.2.1.99" else split.dataset
     return read_dataset(
-        io.BytesIO(split.dataset), implicit, little, stop_when=lambda tag, vr, length: tag == 0x7FE00010
+        io.BytesIO(dataset), implicit, little, stop_when=lambda tag, vr, length: tag == 0x7FE00010
     )
 
 
@@ -255,3 +256,59 @@ def test_legacy_other_patient_ids_are_merged() -> None:
     values = [entry["id"] for entry in ids]
     assert "OLD-1" in values
     assert values.count("001058012345") == 1  # already in the sequence
+
+
+# --- the ingest path: raw elements located by part10.scan -------------------------------------
+def _extract_both(data: bytes) -> tuple[object, object]:
+    """extract over pydicom's raw dataset and over part10.scan's element table: each is the
+    InstanceAttributes or the exception it raised."""
+    split = part10.split(data)
+    results: list[object] = []
+    for how in ("pydicom", "scan"):
+        try:
+            if how == "pydicom":
+                results.append(extract(_as_received(data)))
+            else:
+                results.append(extract(RawElements(part10.scan(split.dataset, split.transfer_syntax_uid))))
+        except MissingAttribute as exc:
+            results.append((type(exc), exc.reason))
+    return results[0], results[1]
+
+
+def _parseable(paths: list[Path]) -> list[Path]:
+    from tests.unit.test_part10 import NOT_PARSEABLE
+
+    return [p for p in paths if p.name not in NOT_PARSEABLE]
+
+
+@pytest.mark.parametrize("path", _parseable(CHARSET_SAMPLES), ids=lambda p: p.name)
+def test_raw_elements_read_what_pydicom_reads_charset_samples(path: Path) -> None:
+    by_pydicom, by_scan = _extract_both(path.read_bytes())
+    assert by_scan == by_pydicom
+
+
+def test_raw_elements_read_what_pydicom_reads_every_sample() -> None:
+    from tests.unit.test_part10 import SAMPLES
+
+    compared = 0
+    for path in _parseable(SAMPLES):
+        data = path.read_bytes()
+        try:
+            by_pydicom, by_scan = _extract_both(data)
+        except Exception:  # noqa: BLE001 - samples ingest rejects as malformed are not compared
+            continue
+        assert by_scan == by_pydicom, path.name
+        compared += 1
+    assert compared > 50
+
+
+@pytest.mark.parametrize("ts", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"])
+def test_raw_elements_in_every_encoding(ts: str) -> None:
+    ds = small_ct(1, size=16)[0]
+    ds.OtherPatientIDsSequence = [Dataset()]
+    ds.OtherPatientIDsSequence[0].PatientID = "OLD-7"
+    by_pydicom, by_scan = _extract_both(to_part10(ds, ts))
+    assert by_scan == by_pydicom
+    assert isinstance(by_scan, InstanceAttributes)
+    assert (by_scan.instance["rows"], by_scan.instance["bits_allocated"]) == (16, 16)
+    assert json.loads(by_scan.patient["other_patient_ids"])[0]["id"] == "OLD-7"
