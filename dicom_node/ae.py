@@ -9,6 +9,7 @@ models.
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import threading
 from typing import Any
@@ -115,14 +116,15 @@ def build_ae(archive: Archive) -> tuple[AE, list[PresentationContext], list[tupl
 def start(
     archive: Archive,
     *,
-    reuse_port: bool = False,
+    listening: socket.socket | None = None,
     port: int | None = None,
     ssl_context: ssl.SSLContext | None = None,
 ) -> DicomServer:
     """Start listening in a background thread; returns the server to ``stop`` later.
 
     ``port``: default ``settings.dicom_port``. ``ssl_context``: serve DICOM over TLS
-    (:mod:`dicom_node.tls`) with the same AE, handlers and access control."""
+    (:mod:`dicom_node.tls`) with the same AE, handlers and access control. ``listening``: a
+    socket already listening on that port, shared with other receiver processes."""
     settings = archive.settings
     # pynetdicom builds every DIMSE command set as a pydicom Dataset; pydicom re-validates
     # each value it writes (~0.3 ms per C-STORE response). Our values are generated, not
@@ -141,7 +143,7 @@ def start(
     class Server(DicomServer if ssl_context is None else TlsDicomServer):  # type: ignore[misc]
         pass
 
-    Server.reuse_port = reuse_port
+    Server.shared_socket = listening
     Server.tcp_nodelay = settings.tcp_nodelay
     server = ae.make_server(
         (settings.dicom_host, settings.dicom_port if port is None else port),

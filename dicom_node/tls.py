@@ -135,6 +135,7 @@ class TlsDicomServer(DicomServer):
         context = self.ssl_context
         assert context is not None, "TlsDicomServer needs an ssl_context"
         assert self.socket is not None
+        self.before_accept()
         client, address = self.socket.accept()
         if self.tcp_nodelay:
             try:

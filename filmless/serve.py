@@ -89,9 +89,14 @@ def compression_worker_main(
 
 
 def dicom_worker_main(
-    settings_json: str, parent_pid: int, number: int, arrivals: ArrivalClock | None = None
+    settings_json: str,
+    parent_pid: int,
+    number: int,
+    arrivals: ArrivalClock | None = None,
+    listening: dict[int, socket.socket] | None = None,
 ) -> None:
-    """Entry point of an extra DICOM receiver process sharing the port (SO_REUSEPORT)."""
+    """Entry point of an extra DICOM receiver process accepting from the parent's
+    listening sockets (``listening``: port -> socket)."""
     settings = Settings.model_validate_json(settings_json)
     configure_logging(settings.log_level)
     tls_context = dicom_tls_context(settings)
@@ -99,7 +104,7 @@ def dicom_worker_main(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    servers = start_dicom_servers(archive, tls_context, reuse_port=True)
+    servers = start_dicom_servers(archive, tls_context, listening=listening or {})
     try:
         while not stop.wait(1.0):
             if os.getppid() != parent_pid:
@@ -131,18 +136,24 @@ def dicom_tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 def start_dicom_servers(
-    archive: Archive, tls_context: ssl.SSLContext | None, *, reuse_port: bool
+    archive: Archive, tls_context: ssl.SSLContext | None, *, listening: dict[int, socket.socket]
 ) -> list[DicomServer]:
     """The plain DIMSE server and, when configured, the DICOM TLS one (same archive, same AE
-    handlers and access control, another port)."""
+    handlers and access control, another port); on the sockets of ``listening`` (port ->
+    socket) where given, shared with the other receiver processes."""
     from dicom_node import ae as dicom_ae
 
-    servers = [dicom_ae.start(archive, reuse_port=reuse_port)]
+    settings = archive.settings
+    servers = [dicom_ae.start(archive, listening=listening.get(settings.dicom_port))]
     if tls_context is not None:
-        settings = archive.settings
         try:
             servers.append(
-                dicom_ae.start(archive, reuse_port=reuse_port, port=settings.dicom_tls_port, ssl_context=tls_context)
+                dicom_ae.start(
+                    archive,
+                    listening=listening.get(settings.dicom_tls_port),
+                    port=settings.dicom_tls_port,
+                    ssl_context=tls_context,
+                )
             )
         except OSError as exc:
             servers[0].shutdown()
@@ -156,11 +167,13 @@ def start_dicom_servers(
     return servers
 
 
-def _spawn(target: object, settings: Settings, number: int, name: str, arrivals: ArrivalClock) -> BaseProcess:
+def _spawn(
+    target: object, settings: Settings, number: int, name: str, arrivals: ArrivalClock, *extra: object
+) -> BaseProcess:
     ctx = multiprocessing.get_context("spawn")
     proc = ctx.Process(
         target=target,  # type: ignore[arg-type]
-        args=(settings.for_child_process(), os.getpid(), number, arrivals),
+        args=(settings.for_child_process(), os.getpid(), number, arrivals, *extra),
         name=name,
         daemon=True,
     )
@@ -168,9 +181,30 @@ def _spawn(target: object, settings: Settings, number: int, name: str, arrivals:
     return proc
 
 
-def start_dicom_workers(settings: Settings, arrivals: ArrivalClock) -> list[BaseProcess]:
+def shared_listening_sockets(settings: Settings) -> dict[int, socket.socket]:
+    """With several DICOM receiver processes, the listening sockets they share (port ->
+    socket), made here in the parent; with one, none (the server makes its own)."""
+    from dicom_node.server import listening_socket
+
+    if settings.dicom_processes < 2:
+        return {}
+    ports = [settings.dicom_port] + ([settings.dicom_tls_port] if settings.dicom_tls_port else [])
+    made: dict[int, socket.socket] = {}
+    try:
+        for port in ports:
+            made[port] = listening_socket(settings.dicom_host, port)
+    except OSError as exc:
+        for sock in made.values():
+            sock.close()
+        raise SystemExit(f"filmless: cannot listen on {settings.dicom_host}:{port}: {exc.strerror or exc}") from None
+    return made
+
+
+def start_dicom_workers(
+    settings: Settings, arrivals: ArrivalClock, listening: dict[int, socket.socket]
+) -> list[BaseProcess]:
     return [
-        _spawn(dicom_worker_main, settings, number, f"filmless-dicom-{number}", arrivals)
+        _spawn(dicom_worker_main, settings, number, f"filmless-dicom-{number}", arrivals, listening)
         for number in range(1, settings.dicom_processes)
     ]
 
@@ -270,7 +304,8 @@ def serve(settings: Settings) -> int:
     uploader = start_spool_uploader(archive) if run_dicom else None
     try:
         if run_dicom:
-            dicom_servers = start_dicom_servers(archive, tls_context, reuse_port=settings.dicom_processes > 1)
+            listening = shared_listening_sockets(settings)
+            dicom_servers = start_dicom_servers(archive, tls_context, listening=listening)
             # Only the component that writes objects and runs compression workers cleans up
             # after an earlier crash of its own kind (the API never holds either).
             sweep = getattr(archive.store, "sweep_temporaries", None)
@@ -279,7 +314,7 @@ def serve(settings: Settings) -> int:
             released = archive.index.release_dead_claims(socket.gethostname())
             if released:
                 log.warning("released %d compression jobs claimed by workers that died", released)
-            workers = start_compression_workers(settings, arrivals) + start_dicom_workers(settings, arrivals)
+            workers = start_compression_workers(settings, arrivals) + start_dicom_workers(settings, arrivals, listening)
         if run_api:
             app = create_app(archive)
             config = uvicorn.Config(

@@ -241,8 +241,8 @@ class Settings(BaseSettings):
         1,
         ge=1,
         le=64,
-        description="Processes receiving DICOM on the same port (SO_REUSEPORT): more than one "
-        "uses more cores for many simultaneous associations.",
+        description="Processes receiving DICOM, sharing the listening ports: more than one "
+        "uses more cores for many simultaneous associations (each goes to the least busy process).",
     )
     max_associations: int = Field(32, ge=1, le=1024, description="Concurrent DICOM associations.")
     max_pdu_size: int = Field(

@@ -13,17 +13,15 @@ import re
 import struct
 import warnings
 from dataclasses import dataclass, field
-from io import BytesIO
 from typing import Any
 
 from pydicom.charset import decode_bytes, python_encoding
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset
 from pydicom.tag import Tag
 
 from storage.errors import MissingAttribute
-from storage.part10 import Scanned
+from storage.part10 import Scanned, sequence_items
 from storage.text import fold, nfc
 
 _UID_RE = re.compile(r"^[0-9][0-9.]*$")
@@ -58,16 +56,21 @@ class RawElements:
     """The top-level elements of a dataset read straight from its bytes, where
     :func:`storage.part10.scan` found them: no pydicom parse of the whole header."""
 
-    def __init__(self, scanned: Scanned) -> None:
+    def __init__(self, scanned: Scanned, elements: dict[int, tuple[bytes, int, int, int]] | None = None) -> None:
         self.scanned = scanned
+        self.elements = scanned.elements if elements is None else elements
         self._fmt = "<" if scanned.little else ">"
 
     def raw(self, tag: int) -> bytes | None:
-        found = self.scanned.elements.get(tag)
+        found = self.elements.get(tag)
         return None if found is None else self.scanned.data[found[2] : found[3]]
 
+    def items(self, tag: int) -> list[RawElements]:
+        """The items of a top-level sequence, each read the same way."""
+        return [RawElements(self.scanned, item) for item in sequence_items(self.scanned, tag)]
+
     def binary_integer(self, tag: int) -> int | None:
-        found = self.scanned.elements.get(tag)
+        found = self.elements.get(tag)
         if found is None:
             return None
         vr, _, start, end = found
@@ -76,14 +79,6 @@ class RawElements:
         if end - start < size:
             return None
         return int(struct.unpack_from(self._fmt + code, self.scanned.data, start)[0])
-
-    def element(self, tag: int) -> Any:
-        """One element parsed by pydicom (for the rare sequence the index reads)."""
-        found = self.scanned.elements.get(tag)
-        if found is None:
-            return None
-        one = read_dataset(BytesIO(self.scanned.data[found[1] : found[3]]), self.scanned.implicit, self.scanned.little)
-        return one.get(Tag(tag))
 
 
 class _Reader:
@@ -229,14 +224,18 @@ def _folded(value: str | None) -> str | None:
 
 def _other_patient_ids(reader: _Reader) -> str | None:
     ids: list[dict[str, str | None]] = []
+    items: list[Any] = []
     try:
         ds = reader.ds
-        seq = ds.element(0x00101002) if isinstance(ds, RawElements) else ds.get((0x0010, 0x1002))
+        if isinstance(ds, RawElements):
+            items = ds.items(0x00101002)
+        else:
+            seq = ds.get((0x0010, 0x1002))
+            items = list(seq.value) if seq is not None and seq.value else []
     except Exception:  # noqa: BLE001 - a malformed sequence is not worth losing the image over
         reader.warnings.append("Other Patient IDs Sequence is unreadable")
-        seq = None
-    if seq is not None and seq.value:
-        for item in seq.value:
+    if items:
+        for item in items:
             ids.append(
                 {
                     "id": reader.text(0x00100020, ds=item),

@@ -196,6 +196,32 @@ def scan(dataset: bytes, transfer_syntax_uid: str) -> Scanned:
 _PIXEL_DATA = 0x7FE00010
 
 
+def sequence_items(scanned: Scanned, tag: int) -> list[dict[int, tuple[bytes, int, int, int]]]:
+    """The items of the top-level sequence ``tag`` of a scanned dataset, each as an element
+    table like :attr:`Scanned.elements` (offsets into ``scanned.data``); [] if absent."""
+    found = scanned.elements.get(tag)
+    if found is None:
+        return []
+    data, implicit, little = scanned.data, scanned.implicit, scanned.little
+    fmt = "<" if little else ">"
+    pos, end = found[2], found[3]
+    items: list[dict[int, tuple[bytes, int, int, int]]] = []
+    while pos + 8 <= end:
+        group, elem = struct.unpack_from(fmt + "HH", data, pos)
+        (length,) = struct.unpack_from(fmt + "I", data, pos + 4)
+        pos += 8
+        if (group, elem) != _ITEM:
+            break  # the sequence delimiter (the walk checked the structure)
+        item: dict[int, tuple[bytes, int, int, int]] = {}
+        if length == _UNDEFINED:
+            pos = _walk(data, pos, end, implicit, little, until=_ITEM_DELIM, top=item)
+        else:
+            _walk(data, pos, pos + length, implicit, little, until=None, top=item)
+            pos += length
+        items.append(item)
+    return items
+
+
 def _walk(
     data: bytes,
     pos: int,
