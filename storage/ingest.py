@@ -266,7 +266,7 @@ class Ingest:
                         pending,
                         job_target,
                         note,
-                        look_first=speculative or existing is not None,
+                        look_first=existing is not None,
                         known=known,
                         durable=write.durable,
                     )
@@ -349,8 +349,9 @@ class Ingest:
 
         ``known`` is the stored version the new content was compared with (or None); finding
         another one raises :class:`_UnexpectedVersion`. Without ``look_first`` (a lookup just
-        before saw no row) the instance is not looked up: an association storing the same
-        instance meanwhile makes the insert fail, and the retry looks."""
+        before saw no row, or a C-STORE's write started at once: most are new instances) the
+        instance is not looked up: a row stored before or meanwhile makes the insert fail,
+        and the retry looks."""
         flags = "charset-replaced" if any("replacement" in w for w in attrs.warnings) else ""
         for attempt in range(3):
             try:
