@@ -95,5 +95,4 @@ class DicomServer(ThreadedAssociationServer):
 def listening_socket(host: str, port: int) -> socket.socket:
     """A TCP socket listening on ``host:port``, to share with :class:`DicomServer` processes."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.create_server((host, port), family=family, backlog=128)
-    return sock
+    return socket.create_server((host, port), family=family, backlog=128)

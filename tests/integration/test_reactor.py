@@ -71,10 +71,12 @@ def echo_and_ct_ae(title: str) -> AE:
 
 
 @contextmanager
-def event_driven_server(ae: AE, handlers: list[Any]) -> Iterator[ThreadedAssociationServer]:
+def event_driven_server(
+    ae: AE, handlers: list[Any], server_class: type[ThreadedAssociationServer] = ThreadedAssociationServer
+) -> Iterator[ThreadedAssociationServer]:
     """``ae`` serving on a free loopback port with event-driven associations."""
     server = ae.make_server(
-        (LOOPBACK, 0), evt_handlers=handlers, server_class=ThreadedAssociationServer, request_handler=EventDrivenRequestHandler
+        (LOOPBACK, 0), evt_handlers=handlers, server_class=server_class, request_handler=EventDrivenRequestHandler
     )
     ae._servers.append(server)
     threading.Thread(target=server.serve_forever, daemon=True).start()

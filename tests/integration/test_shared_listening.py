@@ -6,7 +6,6 @@ associations."""
 from __future__ import annotations
 
 import socket
-import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -14,9 +13,8 @@ from typing import Any
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from dicom_node.reactor import EventDrivenRequestHandler
 from dicom_node.server import DicomServer, listening_socket
-from tests.integration.test_reactor import echo_and_ct_ae
+from tests.integration.test_reactor import echo_and_ct_ae, event_driven_server
 from tests.peers import LOOPBACK
 
 
@@ -25,17 +23,9 @@ def _receiver(shared: socket.socket, name: str) -> Iterator[DicomServer]:
     class Server(DicomServer):
         shared_socket = shared.dup()  # as a process receives it: its own descriptor
 
-    ae = echo_and_ct_ae(name)
-    server = ae.make_server(
-        (LOOPBACK, 0), evt_handlers=[], server_class=Server, request_handler=EventDrivenRequestHandler
-    )
-    assert isinstance(server, DicomServer)
-    ae._servers.append(server)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with event_driven_server(echo_and_ct_ae(name), [], Server) as server:
+        assert isinstance(server, DicomServer)
         yield server
-    finally:
-        server.shutdown()
 
 
 def _associate(port: int) -> Any:
