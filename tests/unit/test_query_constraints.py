@@ -431,6 +431,9 @@ def test_range_needs_a_bound() -> None:
 _ALPHABET = "aAbBzZ09 ^.-%_[]\\\nễỄđĐßẞǅ"
 texts = st.text(alphabet=st.sampled_from(_ALPHABET), max_size=12)
 patterns = st.text(alphabet=st.sampled_from(_ALPHABET.replace("\\", "") + "**??"), max_size=8)
+# With at least one wildcard by construction: filtering plain patterns out with assume()
+# rejected so many examples that Hypothesis's filter_too_much health check failed now and then.
+wildcard_patterns = st.tuples(patterns, st.sampled_from("*?"), patterns).map("".join)
 
 
 def _wildcard_oracle(pattern: str, value: str) -> bool:
@@ -450,9 +453,8 @@ def _wildcard_oracle(pattern: str, value: str) -> bool:
 
 
 @PROPERTY
-@given(patterns, texts)
+@given(wildcard_patterns, texts)
 def test_wildcards_agree_with_an_oracle(pattern: str, value: str) -> None:
-    assume("*" in pattern or "?" in pattern)
     assume(set(pattern) != {"*"})
     assert Wildcard(pattern).matches(value) == _wildcard_oracle(pattern, value)
 
