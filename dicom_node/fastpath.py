@@ -67,6 +67,9 @@ class _Request:
     message_id: int
     sop_class_uid: str
     sop_instance_uid: str
+    # The presentation context's.
+    abstract_syntax: str
+    transfer_syntax: str
 
 
 def parse_command(data: bytes | bytearray | memoryview) -> dict[int, bytes]:
@@ -173,11 +176,9 @@ class StoreFastPath:
         self.enabled = not (0 < peer_max < _MIN_PEER_PDU)
         # The message being received: its command fragments (kept to forward them if the
         # message is not ours), then for a C-STORE taken over, the request and data set.
-        self._command: list[tuple[int, int, bytes]] = []
+        self._command: list[tuple[int, int, bytes | memoryview]] = []
         self._passing = False  # forwarding the data set of a message left to pynetdicom
         self._request: _Request | None = None
-        self._abstract_syntax = ""
-        self._transfer_syntax = ""
         self._dataset: list[memoryview] = []
         self._size = 0
         self._too_large = False
@@ -233,11 +234,8 @@ class StoreFastPath:
                 request = self._store_request(context_id, elements, has_dataset)
         if request is None:
             self._passing = has_dataset
-            return [(c, h, d) for c, h, d in fragments]
-        context = self.assoc._accepted_cx[context_id]
+            return fragments
         self._request = request
-        self._abstract_syntax = str(context.abstract_syntax)
-        self._transfer_syntax = str(context.transfer_syntax[0])
         return []
 
     def _store_request(self, context_id: int, elements: dict[int, bytes], has_dataset: bool) -> _Request | None:
@@ -256,7 +254,14 @@ class StoreFastPath:
             return None
         if str(context.abstract_syntax) in getattr(self.assoc.acceptor, "accepted_common_extended", {}):
             return None  # SOP Class Common Extended Negotiation: pynetdicom maps the service
-        return _Request(context_id, message_id, sop_class_uid, sop_instance_uid)
+        return _Request(
+            context_id,
+            message_id,
+            sop_class_uid,
+            sop_instance_uid,
+            str(context.abstract_syntax),
+            str(context.transfer_syntax[0]),
+        )
 
     def _dataset_fragment(self, context_id: int, header: int, data: memoryview) -> None:
         request = self._request
@@ -284,8 +289,8 @@ class StoreFastPath:
         self._request, self._dataset, self._size, self._too_large = None, [], 0, False
         result = self.target.store(
             self.assoc,
-            self._abstract_syntax,
-            self._transfer_syntax,
+            request.abstract_syntax,
+            request.transfer_syntax,
             request.sop_class_uid,
             request.sop_instance_uid,
             dataset,

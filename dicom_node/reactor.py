@@ -33,9 +33,8 @@ from typing import Any, Literal, cast
 
 from pynetdicom import evt
 from pynetdicom.association import Association
-from pynetdicom.dul import _PDU_TYPES
 from pynetdicom.dimse_primitives import C_GET, C_MOVE
-from pynetdicom.dul import DULServiceProvider
+from pynetdicom.dul import _PDU_TYPES, DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import RequestHandler
 

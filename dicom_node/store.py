@@ -17,7 +17,7 @@ from pynetdicom.events import Event
 
 from dicom_node.access import NotAuthorized, require
 from dicom_node.status import Status, failure_response, status_for
-from storage.errors import ArchiveError, ObjectTooLarge, RejectedInstance, SOPClassMismatch
+from storage.errors import ArchiveError, RejectedInstance, SOPClassMismatch
 from storage.index import Source
 from storage.ingest import Ingest, Received
 
@@ -29,7 +29,10 @@ class StoreSCP:
 
     def __init__(self, ingest: Ingest) -> None:
         self.ingest = ingest
-        self.max_object_size = ingest.max_object_size
+
+    @property
+    def max_object_size(self) -> int:
+        return self.ingest.max_object_size
 
     def store(
         self,
@@ -55,7 +58,7 @@ class StoreSCP:
             return failure_response(Status.NOT_AUTHORIZED, exc)
         try:
             if dataset is None:
-                raise ObjectTooLarge(f"object of {size} bytes exceeds the limit of {self.max_object_size}")
+                raise self.ingest.too_large(size)
             requested = sop_class_uid or abstract_syntax
             if requested != abstract_syntax:
                 raise SOPClassMismatch(f"request SOP Class {requested} does not match the context's {abstract_syntax}")

@@ -156,19 +156,24 @@ class Ingest:
             self._uncertain.append((time.monotonic(), write.key))
 
     # --- front-door entry points -----------------------------------------------------------
+    def check_size(self, size: int) -> None:
+        """Raise :class:`ObjectTooLarge` for an object of ``size`` bytes over the limit."""
+        if size > self.max_object_size:
+            raise self.too_large(size)
+
+    def too_large(self, size: int) -> ObjectTooLarge:
+        return ObjectTooLarge(f"object of {size} bytes exceeds the limit of {self.max_object_size}")
+
     def store_file(self, data: bytes, source: Source) -> StoreResult:
         """Ingest a Part 10 file (or a bare dataset) as an import or STOW-RS part."""
-        if len(data) > self.max_object_size:
-            raise ObjectTooLarge(f"object of {len(data)} bytes exceeds the limit of {self.max_object_size}")
+        self.check_size(len(data))
         split = part10.split(data)
         return self.store_received(Received(split.dataset, split.transfer_syntax_uid, source))
 
     def store_received(self, received: Received) -> StoreResult:
         """Ingest one received object; raises :class:`RejectedInstance` (nothing stored),
         :class:`storage.errors.ObjectStoreError` or :class:`storage.errors.IndexUnavailable`."""
-        size = len(received.dataset)
-        if size > self.max_object_size:
-            raise ObjectTooLarge(f"object of {size} bytes exceeds the limit of {self.max_object_size}")
+        self.check_size(len(received.dataset))
         if self._uncertain:
             self.settle_uncertain()
         ts = received.transfer_syntax_uid

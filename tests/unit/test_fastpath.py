@@ -224,7 +224,7 @@ def test_no_answer_once_the_association_was_aborted() -> None:
 def test_command_parsing_and_encoding_round_trip() -> None:
     from dicom_node.fastpath import _Request
 
-    request = _Request(CT_CONTEXT, 9, CTImageStorage, "1.2.3")
+    request = _Request(CT_CONTEXT, 9, CTImageStorage, "1.2.3", CTImageStorage, ExplicitVRLittleEndian)
     encoded = encode_store_response(request, 0xA700, {0x0902: b"full"})
     elements = parse_command(encoded)
     assert int.from_bytes(elements[0x0000], "little") == len(encoded) - 12
