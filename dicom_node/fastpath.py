@@ -35,6 +35,7 @@ from pynetdicom.sop_class import uid_to_service_class
 
 if TYPE_CHECKING:
     from dicom_node.store import StoreSCP
+    from storage.ingest import Receiving
 
 log = logging.getLogger("filmless.dicom.fastpath")
 
@@ -179,6 +180,7 @@ class StoreFastPath:
         self._command: list[tuple[int, int, bytes | memoryview]] = []
         self._passing = False  # forwarding the data set of a message left to pynetdicom
         self._request: _Request | None = None
+        self._stream: Receiving | None = None  # its object, written as the fragments come
         self._dataset: list[memoryview] = []
         self._size = 0
         self._too_large = False
@@ -236,6 +238,9 @@ class StoreFastPath:
             self._passing = has_dataset
             return fragments
         self._request = request
+        self._stream = self.target.receiving(
+            self.assoc, request.abstract_syntax, request.transfer_syntax, request.sop_class_uid, request.sop_instance_uid
+        )
         return []
 
     def _store_request(self, context_id: int, elements: dict[int, bytes], has_dataset: bool) -> _Request | None:
@@ -273,20 +278,32 @@ class StoreFastPath:
             # Counted, not kept: the request is refused once it is complete.
             self._too_large = True
             self._dataset = []
+            self._drop_stream()
         elif not self._too_large:
             # A view into its PDU's own buffer (each PDU is read into a new one): the data
             # set is copied once, when it is complete.
             self._dataset.append(data)
+            if self._stream is not None:
+                self._stream.add(data)
         if header & _LAST:
             self._complete()
+
+    def _drop_stream(self) -> None:
+        if self._stream is not None:
+            self._stream.abandon()
+            self._stream = None
+
+    def close(self) -> None:
+        """The association ended: drop the object of a C-STORE cut off mid-data set."""
+        self._drop_stream()
 
     # --- the store and its response ----------------------------------------------------------
     def _complete(self) -> None:
         request = self._request
         assert request is not None
         dataset = None if self._too_large else b"".join(self._dataset)
-        size = self._size
-        self._request, self._dataset, self._size, self._too_large = None, [], 0, False
+        size, stream = self._size, self._stream
+        self._request, self._stream, self._dataset, self._size, self._too_large = None, None, [], 0, False
         result = self.target.store(
             self.assoc,
             request.abstract_syntax,
@@ -295,6 +312,7 @@ class StoreFastPath:
             request.sop_instance_uid,
             dataset,
             size,
+            stream,
         )
         # Not ``is_established``: the association thread may not have set it yet when the
         # first request of an association is answered (the DUL thread sent the A-ASSOCIATE-AC).

@@ -204,6 +204,8 @@ class EventDrivenDUL(DULServiceProvider):
         try:
             self._run_event_driven()
         finally:
+            if self._fast:
+                self._fast.close()
             self._close_wake_pipe()
             cast(EventDrivenAssociation, self.assoc).wake()  # it notices the DUL has ended
 

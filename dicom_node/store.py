@@ -15,11 +15,11 @@ from pydicom.dataset import Dataset
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
-from dicom_node.access import NotAuthorized, require
+from dicom_node.access import NotAuthorized, peer_of, require
 from dicom_node.status import Status, failure_response, status_for
 from storage.errors import ArchiveError, RejectedInstance, SOPClassMismatch
 from storage.index import Source
-from storage.ingest import Ingest, Received
+from storage.ingest import Ingest, Received, Receiving
 
 log = logging.getLogger("filmless.dicom.store")
 
@@ -34,6 +34,17 @@ class StoreSCP:
     def max_object_size(self) -> int:
         return self.ingest.max_object_size
 
+    def receiving(
+        self, assoc: Any, abstract_syntax: str, transfer_syntax: str, sop_class_uid: str, sop_instance_uid: str
+    ) -> Receiving | None:
+        """Start writing a C-STORE request's object as its data set arrives (the fast path
+        calls this once the command set is read); None when :meth:`store` will refuse the
+        request or the object cannot be written before it is parsed. Hand it to
+        :meth:`store`, which settles it whatever the answer."""
+        if sop_class_uid != abstract_syntax or not sop_instance_uid or not peer_of(assoc).may("store"):
+            return None
+        return self.ingest.receiving(transfer_syntax, sop_class_uid, sop_instance_uid, assoc.requestor.ae_title.strip())
+
     def store(
         self,
         assoc: Any,
@@ -43,13 +54,32 @@ class StoreSCP:
         sop_instance_uid: str,
         dataset: bytes | None,
         size: int,
+        stream: Receiving | None = None,
     ) -> Dataset | int:
         """Store one C-STORE request's data set and return the response status.
 
         ``abstract_syntax``/``transfer_syntax``: the presentation context's;
         ``sop_class_uid``/``sop_instance_uid``: the request's Affected SOP Class and
         Instance UIDs (empty if absent); ``dataset`` None when it was not kept because its
-        ``size`` exceeds the limit."""
+        ``size`` exceeds the limit; ``stream`` the object already written as the data set
+        arrived (:meth:`receiving`), used or dropped here."""
+        try:
+            return self._store(assoc, abstract_syntax, transfer_syntax, sop_class_uid, sop_instance_uid, dataset, size, stream)
+        finally:
+            if stream is not None:
+                stream.abandon()  # not used: the request was refused before the ingest
+
+    def _store(
+        self,
+        assoc: Any,
+        abstract_syntax: str,
+        transfer_syntax: str,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        dataset: bytes | None,
+        size: int,
+        stream: Receiving | None,
+    ) -> Dataset | int:
         calling = assoc.requestor.ae_title.strip()
         host = assoc.requestor.address
         try:
@@ -68,6 +98,7 @@ class StoreSCP:
                 source=Source(aet=calling, host=host),
                 expected_sop_class_uid=abstract_syntax,
                 expected_sop_instance_uid=sop_instance_uid or None,
+                stream=stream,
             )
             self.ingest.store_received(received)
             return int(Status.SUCCESS)

@@ -6,7 +6,11 @@ The order is fixed (dicom-server's StoreOrchestrator does the same):
    extract and validate the index attributes;
 2. an instance already stored with identical content is a success that stores nothing;
 3. write the object durably (``ObjectStore.put``: atomic and fsynced) -- in ``background``
-   compression mode as received, in ``inline`` mode already in its stored transfer syntax;
+   compression mode as received, in ``inline`` mode already in its stored transfer syntax.
+   A C-STORE received in background mode onto a local store is written while it arrives
+   (:meth:`Ingest.receiving`: each PDU's fragment goes to the temporary file and the hash as
+   it comes), so that only the fsync and the rename remain once it is complete; they run
+   beside step 1, and an object whose data set is then rejected is deleted again;
 4. commit the index row (and, in background mode, the compression job) in one transaction;
 5. only then return: the caller's success status is a promise that the object is durable and
    every query finds it. A failure in 3 or 4 leaves nothing behind (the object is deleted).
@@ -21,6 +25,7 @@ it, kept otherwise. A sender that retries then finds the instance stored.
 from __future__ import annotations
 
 import enum
+import hashlib
 import re
 import threading
 import time
@@ -41,12 +46,13 @@ from storage.errors import (
     IndexConflict,
     InstanceAlreadyExists,
     MalformedDataset,
+    ObjectStoreError,
     ObjectTooLarge,
     RejectedInstance,
     SOPClassMismatch,
 )
 from storage.index import Index, NewInstance, Source, StoredObject
-from storage.objects import ObjectStore, new_key
+from storage.objects import ObjectStore, ObjectWriter, new_key, writer_of
 
 log = logging.getLogger("filmless.ingest")
 TRANSFER_SYNTAXES = frozenset(str(uid) for uid in AllTransferSyntaxes)
@@ -81,6 +87,8 @@ class Received:
     # What the DIMSE request and presentation context said, to check the dataset against.
     expected_sop_class_uid: str | None = None
     expected_sop_instance_uid: str | None = None
+    # The object already being written as the data set arrived (:meth:`Ingest.receiving`).
+    stream: Receiving | None = None
 
 
 @dataclass(frozen=True)
@@ -170,23 +178,52 @@ class Ingest:
         split = part10.split(data)
         return self.store_received(Received(split.dataset, split.transfer_syntax_uid, source))
 
+    def receiving(self, transfer_syntax_uid: str, sop_class_uid: str, sop_instance_uid: str, source_aet: str) -> Receiving | None:
+        """Start writing a C-STORE's object while its data set still arrives: the file meta
+        at once, then each fragment given to :meth:`Receiving.add` (the write and the hash
+        happen while the rest is on the wire). Pass it with the complete data set as
+        :attr:`Received.stream`. None when the object cannot be written before it is parsed
+        (inline compression stores what it encoded), or the store takes whole objects only
+        (an S3 upload is one request)."""
+        writer = writer_of(self.store)
+        if writer is None or self.mode is not CompressionMode.BACKGROUND or not _known_transfer_syntax(transfer_syntax_uid):
+            return None
+        head = part10.file_meta(
+            transfer_syntax_uid=transfer_syntax_uid,
+            sop_class_uid=sop_class_uid,
+            sop_instance_uid=sop_instance_uid,
+            source_aet=source_aet,
+        )
+        return Receiving(self, writer, head, (transfer_syntax_uid, sop_class_uid, sop_instance_uid, source_aet))
+
     def store_received(self, received: Received) -> StoreResult:
         """Ingest one received object; raises :class:`RejectedInstance` (nothing stored),
         :class:`storage.errors.ObjectStoreError` or :class:`storage.errors.IndexUnavailable`."""
+        stream = received.stream
+        try:
+            return self._store_received(received, stream)
+        finally:
+            if stream is not None:
+                stream.abandon()  # unless used: then the write is settled as any other
+
+    def _store_received(self, received: Received, stream: Receiving | None) -> StoreResult:
         self.check_size(len(received.dataset))
         if self._uncertain:
             self.settle_uncertain()
         ts = received.transfer_syntax_uid
-        if ts not in TRANSFER_SYNTAXES and not _STANDARD_TS.fullmatch(ts):
+        if not _known_transfer_syntax(ts):
             raise MalformedDataset(f"unknown transfer syntax {ts[:64]!r}")
         write: _Write | None = None
-        if self.mode is CompressionMode.BACKGROUND and received.expected_sop_class_uid and received.expected_sop_instance_uid:
-            # The object as it will be stored is known from the DIMSE request alone: start
-            # writing it now, beside the parsing; a dataset that turns out not to match the
-            # request, or a duplicate, deletes it again. Its hash is the received one too.
-            write = self._start_write(
-                _as_file(received, received.expected_sop_class_uid, received.expected_sop_instance_uid), ts
-            )
+        sop_class_uid, sop_instance_uid = received.expected_sop_class_uid, received.expected_sop_instance_uid
+        if self.mode is CompressionMode.BACKGROUND and sop_class_uid and sop_instance_uid:
+            # The object as it will be stored is known from the DIMSE request alone: it is
+            # written beside the parsing (or was, as it arrived); a dataset that turns out not
+            # to match the request, or a duplicate, deletes it again. Its hash is the received
+            # one too.
+            if stream is not None and stream.made_for == (ts, sop_class_uid, sop_instance_uid, received.source.aet):
+                write = stream.finish(lambda: _as_file(received, sop_class_uid, sop_instance_uid))
+            else:
+                write = self._start_write(_as_file(received, sop_class_uid, sop_instance_uid), ts)
         try:
             return self._store(received, write)
         except IndexCommitUncertain:
@@ -208,10 +245,10 @@ class Ingest:
         # same hash is its stored one. Hashing 0.5 MB takes ~0.3 ms and releases the GIL: it
         # runs beside the parsing and the index statements.
         if write is not None:
-            file_bytes, received_sha = write.data, write.sha256
+            file_bytes, received_sha = write.content, write.sha256
         else:
-            file_bytes = _as_file(received, attrs.sop_class_uid, attrs.sop_instance_uid)
-            received_sha = self._hash(file_bytes)
+            as_received = _as_file(received, attrs.sop_class_uid, attrs.sop_instance_uid)
+            file_bytes, received_sha = (lambda: as_received), self._hash(as_received)
         # With the write already under way, the index is asked once, inside the transaction;
         # otherwise a duplicate found here saves writing (and compressing) it.
         speculative = write is not None
@@ -225,7 +262,7 @@ class Ingest:
 
         # Another hash is not always other content: the same dataset from another AE (its
         # title is in the file meta), or sent again in another transfer syntax.
-        if existing is not None and self._same_as_stored(existing, file_bytes):
+        if existing is not None and self._same_as_stored(existing, file_bytes()):
             # Same attributes and pixels, other bytes: another transfer syntax, or a sender
             # that re-encodes (DCMTK writes sequences with explicit lengths, for one).
             log.info("%s resent with other encoding: same content, nothing written", attrs.sop_instance_uid)
@@ -239,13 +276,15 @@ class Ingest:
             sop_class_uid=attrs.sop_class_uid,
             has_pixels=has_pixels,
         )
-        data, stored_ts, pending, note = file_bytes, ts, False, ""
+        # The object to write when it is not kept as received: what inline compression encoded.
+        encoded: bytes | None = None
+        stored_ts, pending, note = ts, False, ""
         job_target: str | None = None
         if target is not None:
             if self.mode is CompressionMode.INLINE:
-                result = codecs.compress_object(file_bytes, target)
+                result = codecs.compress_object(file_bytes(), target)
                 if result.data is not None:
-                    data, stored_ts = result.data, target
+                    encoded, stored_ts = result.data, target
                 else:
                     note = result.note
             else:
@@ -257,9 +296,11 @@ class Ingest:
         if write is None:
             # Hashed and written (and fsynced) by helper threads while this one prepares the
             # index transaction, which commits only once the write is durable.
-            write = self._start_write(data, stored_ts, received_sha if data is file_bytes else None)
+            if encoded is None:
+                write = self._start_write(file_bytes(), stored_ts, received_sha)
+            else:
+                write = self._start_write(encoded, stored_ts)
         try:
-            assert write.data is data
             known = existing
             while True:
                 try:
@@ -279,7 +320,7 @@ class Ingest:
                 except _UnexpectedVersion as exc:
                     # Another version is stored than the one compared with above (or none was):
                     # compare with it outside the transaction, then try again.
-                    if self._same_as_stored(exc.row, file_bytes):
+                    if self._same_as_stored(exc.row, file_bytes()):
                         log.info("%s resent with other encoding: same content, nothing written", attrs.sop_instance_uid)
                         self._audit_duplicate(attrs, received.source)
                         write.discard()
@@ -301,7 +342,8 @@ class Ingest:
     def _start_write(self, data: bytes, transfer_syntax_uid: str, sha: Callable[[], str] | None = None) -> _Write:
         key = new_key()
         digest = self._hash(data) if sha is None else sha
-        return _Write(self, key, data, transfer_syntax_uid, digest, self._writer.submit(self.store.put, key, data))
+        future = self._writer.submit(self.store.put, key, data)
+        return _Write(self, key, len(data), lambda: data, transfer_syntax_uid, digest, future)
 
     def _hash(self, data: bytes) -> Callable[[], str]:
         """The sha256 of ``data``, computed on a helper thread when it is worth a hand-off."""
@@ -462,17 +504,18 @@ class _UnexpectedVersion(Exception):
 
 @dataclass
 class _Write:
-    """An object being hashed and written by helper threads."""
+    """An object being hashed and written (made durable) by helper threads."""
 
     ingest: Ingest
     key: str
-    data: bytes
+    size: int
+    content: Callable[[], bytes]  # the object's bytes (built again if they were streamed)
     transfer_syntax_uid: str
     sha256: Callable[[], str]
     future: futures.Future[None]
 
     def stored(self) -> StoredObject:
-        return StoredObject(self.key, self.sha256(), len(self.data), self.transfer_syntax_uid)
+        return StoredObject(self.key, self.sha256(), self.size, self.transfer_syntax_uid)
 
     def durable(self) -> None:
         """Wait for the write; raises what it raised."""
@@ -486,3 +529,66 @@ class _Write:
 
 def describe_rejection(exc: RejectedInstance) -> str:
     return f"{type(exc).__name__}: {exc.reason}"
+
+
+def _known_transfer_syntax(uid: str) -> bool:
+    return uid in TRANSFER_SYNTAXES or _STANDARD_TS.fullmatch(uid) is not None
+
+
+class Receiving:
+    """A C-STORE's object written while its data set arrives (:meth:`Ingest.receiving`).
+
+    Each fragment is hashed and written as it comes; :meth:`finish` hands the commit (fsync,
+    rename) to a helper thread, :meth:`abandon` drops the file. A write that fails is
+    remembered and raised when the object is committed: the C-STORE then fails as for any
+    object store error."""
+
+    def __init__(
+        self,
+        ingest: Ingest,
+        writer: Callable[[str], ObjectWriter],
+        head: bytes,
+        made_for: tuple[str, str, str, str],
+    ) -> None:
+        self._ingest = ingest
+        self.made_for = made_for  # (transfer syntax, SOP class, SOP instance, source AE)
+        self.key = new_key()
+        self._hash = hashlib.sha256(head)
+        self.size = len(head)
+        self._error: ObjectStoreError | None = None
+        self._writer: ObjectWriter | None = None
+        self._open = True
+        try:
+            self._writer = writer(self.key)
+            self._writer.write(head)
+        except ObjectStoreError as exc:
+            self._error, self._writer = exc, None
+
+    def add(self, data: bytes | memoryview) -> None:
+        self._hash.update(data)
+        self.size += len(data)
+        if self._writer is not None:
+            try:
+                self._writer.write(data)
+            except ObjectStoreError as exc:  # the writer aborted itself
+                self._error, self._writer = exc, None
+
+    def finish(self, content: Callable[[], bytes]) -> _Write:
+        """The object is complete: make it durable on a helper thread."""
+        digest = self._hash.hexdigest()
+        future = self._ingest._writer.submit(self._commit)
+        self._open = False
+        return _Write(self._ingest, self.key, self.size, content, self.made_for[0], lambda: digest, future)
+
+    def _commit(self) -> None:
+        if self._error is not None:
+            raise self._error
+        assert self._writer is not None
+        self._writer.commit()
+
+    def abandon(self) -> None:
+        """Drop the object (nothing happens once :meth:`finish` took it)."""
+        if self._open:
+            self._open = False
+            if self._writer is not None:
+                self._writer.abort()

@@ -113,6 +113,24 @@ def build_file(
 ) -> bytes:
     """Preamble + File Meta Information (PS3.10 7.1, explicit VR little endian) + the
     dataset bytes unchanged."""
+    head = file_meta(
+        transfer_syntax_uid=transfer_syntax_uid,
+        sop_class_uid=sop_class_uid,
+        sop_instance_uid=sop_instance_uid,
+        source_aet=source_aet,
+    )
+    return b"".join((head, dataset))
+
+
+def file_meta(
+    *,
+    transfer_syntax_uid: str,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    source_aet: str | None = None,
+) -> bytes:
+    """What :func:`build_file` puts before the dataset: the preamble and the File Meta
+    Information (for a file written as its dataset arrives)."""
     elements = [
         _meta_element(0x00020001, b"OB", b"\x00\x01"),
         _meta_element(0x00020002, b"UI", sop_class_uid.encode("ascii")),
@@ -125,7 +143,7 @@ def build_file(
         elements.append(_meta_element(0x00020016, b"AE", source_aet[:16].encode("ascii", "replace")))
     body = b"".join(elements)
     group_length = _meta_element(0x00020000, b"UL", struct.pack("<I", len(body)))
-    return b"".join((_PREAMBLE, group_length, body, dataset))
+    return b"".join((_PREAMBLE, group_length, body))
 
 
 def encoding_of(transfer_syntax_uid: str) -> tuple[bool, bool]:

@@ -1,4 +1,4 @@
-"""The object store port: five verbs, opaque keys, no DICOM knowledge.
+"""The object store port: a few verbs, opaque keys, no DICOM knowledge.
 
 Keys are opaque strings chosen by :func:`new_key` (``ab/cd/<uuid>``): never UIDs or names,
 so nothing about a patient leaks into a storage path or bucket listing.
@@ -7,7 +7,7 @@ so nothing about a patient leaks into a storage path or bucket listing.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO, Protocol, runtime_checkable
 
 from storage.objects.local import LocalObjectStore
@@ -53,6 +53,26 @@ class ObjectStore(Protocol):
         """Every key in the store (for verification and export)."""
 
 
+class ObjectWriter(Protocol):
+    """An object whose bytes arrive over time (a C-STORE's PDUs): ``write`` them in order,
+    then ``commit`` (durable and atomic as :meth:`ObjectStore.put`) or ``abort`` (nothing is
+    left behind). A failed ``write`` or ``commit`` raises
+    :class:`storage.errors.ObjectStoreError` and has aborted already."""
+
+    def write(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+def writer_of(store: object) -> Callable[[str], ObjectWriter] | None:
+    """The store's ``writer(key)`` when it can write an object as its bytes come (a plain
+    local store writes the file at once); None for the others, which take whole objects."""
+    writer = getattr(store, "writer", None)
+    return writer if callable(writer) else None
+
+
 def layers(store: object) -> Iterator[object]:
     """``store`` and every store inside it, outermost first. Wrappers name the store they wrap
     ``inner`` (encryption, spooling); a spooling store names its local disk store ``spool``.
@@ -67,4 +87,12 @@ def layers(store: object) -> Iterator[object]:
         pending += [child for child in (getattr(current, "inner", None), getattr(current, "spool", None)) if child is not None]
 
 
-__all__ = ["LocalObjectStore", "MemoryObjectStore", "ObjectStore", "layers", "new_key"]
+__all__ = [
+    "LocalObjectStore",
+    "MemoryObjectStore",
+    "ObjectStore",
+    "ObjectWriter",
+    "layers",
+    "new_key",
+    "writer_of",
+]

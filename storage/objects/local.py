@@ -1,7 +1,8 @@
 """Objects as files under one directory, written atomically and durably.
 
 put = write a temporary file in the target directory, fsync it, rename over the final name,
-fsync the directory. A crash leaves either no object or the whole object, never a partial one;
+fsync the directory (:meth:`LocalObjectStore.writer` does the same for an object whose bytes
+arrive over time: the ingest writes a C-STORE's data set as its PDUs are received). A crash leaves either no object or the whole object, never a partial one;
 leftover ``*.tmp`` files are ignored by :meth:`keys` and swept by :meth:`sweep_temporaries`.
 """
 
@@ -35,28 +36,20 @@ class LocalObjectStore:
         return self.root / key
 
     def put(self, key: str, data: bytes) -> None:
+        writer = self.writer(key)
+        writer.write(data)
+        writer.commit()
+
+    def writer(self, key: str) -> LocalWriter:
+        """An object written as its bytes come (:class:`storage.objects.ObjectWriter`): into
+        its temporary file at once, made durable and renamed by ``commit``."""
         path = self._path(key)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.{time.monotonic_ns()}{_TMP_SUFFIX}")
         try:
             fd = self._create(tmp)
-            try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                if self.fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            if self.fsync:
-                _fsync_dir(path.parent)
         except OSError as exc:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
             raise ObjectStoreError(f"cannot write object: {exc.strerror or exc}") from exc
+        return LocalWriter(self, path, tmp, fd)
 
     def _create(self, tmp: Path) -> int:
         """Create the temporary file, and its directories when missing (made durable: each
@@ -175,6 +168,53 @@ class LocalObjectStore:
                     except OSError:
                         pass
         return removed
+
+
+class LocalWriter:
+    """One object being written into its temporary file (see :meth:`LocalObjectStore.writer`)."""
+
+    def __init__(self, store: LocalObjectStore, path: Path, tmp: Path, fd: int) -> None:
+        self._store = store
+        self._path = path
+        self._tmp = tmp
+        self._fd = fd
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as exc:
+            self.abort()
+            raise ObjectStoreError(f"cannot write object: {exc.strerror or exc}") from exc
+
+    def commit(self) -> None:
+        """fsync, rename over the final name, fsync the directory: durable once returned."""
+        try:
+            if self._store.fsync:
+                os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+            os.replace(self._tmp, self._path)
+            if self._store.fsync:
+                _fsync_dir(self._path.parent)
+        except OSError as exc:
+            self.abort()
+            raise ObjectStoreError(f"cannot write object: {exc.strerror or exc}") from exc
+
+    def abort(self) -> None:
+        """Drop what was written (the temporary file); nothing is left behind."""
+        if self._fd >= 0:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = -1
+        try:
+            self._tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def _fsync_dir(path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from io import BytesIO
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +24,11 @@ from pydicom.uid import (
 )
 from pynetdicom import AE
 from pynetdicom.association import Association
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu import P_DATA_TF
 
+from tests.e2e.faults import wait_until
 from tests.e2e.support import (
     IndexView,
     StartFilmless,
@@ -204,6 +209,39 @@ def test_object_over_max_object_size_is_refused(server: FilmlessServer, syntheti
     comment = _assert_refused(server, dx, OUT_OF_RESOURCES, "OUT_OF_RESOURCES", log_before=log_before)
     assert "exceeds" in comment
     assert sop_instance_uid(dx) not in IndexView(server.data_dir).instances()
+
+
+def test_an_association_aborted_mid_data_set_leaves_no_file(server: FilmlessServer, synthetic_data: Synthetic) -> None:
+    """The fast path writes a C-STORE's object as its PDUs arrive: an association aborted
+    halfway through the data set leaves neither an object nor a temporary file."""
+    path = synthetic_data.ct(302, "explicit", slices=1)[0]
+    indexed_before = IndexView(server.data_dir).count()
+    with association(server) as assoc:
+        context = next(
+            cx
+            for cx in assoc.accepted_contexts
+            if cx.abstract_syntax == CTImageStorage and cx.transfer_syntax[0] == ExplicitVRLittleEndian
+        )
+        request = C_STORE()
+        request.MessageID = 1
+        request.AffectedSOPClassUID = CTImageStorage
+        request.AffectedSOPInstanceUID = sop_instance_uid(path)
+        request.Priority = 0
+        request.DataSet = BytesIO(path.read_bytes()[_dataset_offset(path) :])
+        message = C_STORE_RQ()
+        message.primitive_to_message(request)
+        pdus = []
+        for p_data in message.encode_msg(context.context_id, 16384):
+            pdu = P_DATA_TF()
+            pdu.from_primitive(p_data)
+            pdus.append(pdu.encode())
+        for pdu in pdus[: len(pdus) // 2]:  # the command and half the data set
+            assoc.dul.socket.send(pdu)
+        wait_until(lambda: any(p.name.endswith(".tmp") for p in object_files(server.data_dir)), 10, "the write")
+        assoc.abort()
+    wait_until(lambda: not any(p.name.endswith(".tmp") for p in object_files(server.data_dir)), 10, "the file dropped")
+    assert IndexView(server.data_dir).count() == indexed_before
+    assert sop_instance_uid(path) not in IndexView(server.data_dir).instances()
 
 
 def test_server_stays_up_and_stores_after_refusals(server: FilmlessServer, synthetic_data: Synthetic) -> None:

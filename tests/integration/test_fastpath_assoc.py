@@ -29,7 +29,12 @@ class Store:
         self.fast: list[tuple[str, str, int]] = []
         self.slow: list[str] = []
 
-    def store(self, assoc: Any, abstract: str, ts: str, cls: str, inst: str, data: bytes | None, size: int) -> Any:
+    def receiving(self, assoc: Any, abstract: str, ts: str, cls: str, inst: str) -> None:
+        return None  # nothing is written as it arrives
+
+    def store(
+        self, assoc: Any, abstract: str, ts: str, cls: str, inst: str, data: bytes | None, size: int, stream: None
+    ) -> Any:
         self.fast.append((inst, ts, size))
         if inst.endswith(".9"):
             return failure_response(Status.CANNOT_UNDERSTAND, ValueError("refused for the test"))

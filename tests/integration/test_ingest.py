@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import hashlib
+import os
 from io import BytesIO
 import unicodedata
 from collections.abc import Callable
@@ -36,8 +39,8 @@ from storage.errors import (
     SOPClassMismatch,
 )
 from storage.index import Source, schema
-from storage.ingest import Ingest, Outcome, Received
-from storage.objects import MemoryObjectStore
+from storage.ingest import CompressionMode, Ingest, Outcome, Received
+from storage.objects import LocalObjectStore, MemoryObjectStore
 from storage.verify import verify
 from tests.fixtures import synthetic
 from tests.integration.conftest import counts, object_keys, rows, snapshot
@@ -498,3 +501,104 @@ def test_cstore_index_failure_leaves_no_object(archive: Archive, monkeypatch: py
     with pytest.raises(IndexUnavailable):
         archive.ingest.store_received(_as_cstore(_ct(1)[0]))
     assert object_keys(archive) == set() and counts(archive)["instance"] == 0
+
+
+# --- a C-STORE written as it arrives (Ingest.receiving) -------------------------------------
+def _streamed(archive: Archive, received: Received, pieces: int = 4) -> Received:
+    """``received`` with its object written fragment by fragment, as the fast path does."""
+    assert received.expected_sop_class_uid and received.expected_sop_instance_uid
+    stream = archive.ingest.receiving(
+        received.transfer_syntax_uid,
+        received.expected_sop_class_uid,
+        received.expected_sop_instance_uid,
+        received.source.aet or "",
+    )
+    assert stream is not None
+    data = memoryview(received.dataset)
+    step = max(1, len(data) // pieces)
+    for start in range(0, len(data), step):
+        stream.add(data[start : start + step])
+    return dataclasses.replace(received, stream=stream)
+
+
+def _temporaries(archive: Archive) -> list[str]:
+    store = archive.store
+    assert isinstance(store, LocalObjectStore)
+    return store.temporaries()
+
+
+def test_a_cstore_written_as_it_arrives_is_stored_as_if_written_whole(archive: Archive) -> None:
+    (data,) = _ct(1)
+    received = _as_cstore(data)
+    assert archive.ingest.store_received(_streamed(archive, received)).outcome is Outcome.STORED
+    (row,) = rows(archive, schema.instance)
+    stored = archive.store.read(row.object_key)
+    assert stored == part10.build_file(
+        received.dataset,
+        transfer_syntax_uid=received.transfer_syntax_uid,
+        sop_class_uid=str(received.expected_sop_class_uid),
+        sop_instance_uid=str(received.expected_sop_instance_uid),
+        source_aet=SOURCE.aet,
+    )
+    assert row.received_sha256 == row.object_sha256 == hashlib.sha256(stored).hexdigest()
+    assert row.stored_size == len(stored) and row.received_size == len(received.dataset)
+    assert _temporaries(archive) == [] and verify(archive.index, archive.store).ok
+    # Sent again the same way: a duplicate, and the second file is gone.
+    assert archive.ingest.store_received(_streamed(archive, received)).outcome is Outcome.DUPLICATE
+    assert object_keys(archive) == {row.object_key} and _temporaries(archive) == []
+
+
+@pytest.mark.parametrize("case", ["other-instance", "truncated"])
+def test_a_cstore_written_as_it_arrives_then_rejected_leaves_nothing(archive: Archive, case: str) -> None:
+    whole = to_part10(small_ct(1, size=16, seed=9)[0])
+    received = _as_cstore(whole)
+    if case == "other-instance":
+        received = dataclasses.replace(received, expected_sop_instance_uid="1.2.826.0.1.3680043.8.498.1")
+        expected: type[Exception] = SOPClassMismatch
+    else:
+        received = dataclasses.replace(received, dataset=received.dataset[:-7])
+        expected = MalformedDataset
+    with pytest.raises(expected):
+        archive.ingest.store_received(_streamed(archive, received))
+    assert object_keys(archive) == set() and _temporaries(archive) == [] and counts(archive)["instance"] == 0
+
+
+def test_a_cstore_given_up_while_it_arrives_leaves_nothing(archive: Archive) -> None:
+    (data,) = _ct(1)
+    streamed = _streamed(archive, _as_cstore(data))
+    assert streamed.stream is not None and len(_temporaries(archive)) == 1
+    streamed.stream.abandon()  # the association was aborted mid-data set
+    streamed.stream.abandon()
+    assert object_keys(archive) == set() and _temporaries(archive) == []
+
+
+def test_a_write_failing_while_the_cstore_arrives_fails_it_and_leaves_nothing(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (data,) = _ct(1)
+    received = _as_cstore(data)
+    real_write, writes = os.write, []
+
+    def disk_full(fd: int, data: Any) -> int:
+        writes.append(len(data))
+        if len(writes) > 2:  # the file meta and the first fragment fit, the rest does not
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr("storage.objects.local.os.write", disk_full)
+    streamed = _streamed(archive, received)
+    monkeypatch.undo()
+    with pytest.raises(ObjectStoreError, match="No space left"):
+        archive.ingest.store_received(streamed)
+    assert object_keys(archive) == set() and _temporaries(archive) == [] and counts(archive)["instance"] == 0
+    # The next one is stored.
+    assert archive.ingest.store_received(_streamed(archive, received)).outcome is Outcome.STORED
+
+
+def test_objects_are_written_as_they_arrive_only_when_stored_as_received_on_a_local_store(archive: Archive) -> None:
+    args = (ExplicitVRLittleEndian, CTImageStorage, "1.2.826.0.1.3680043.8.498.7", "CT01")
+    assert archive.ingest.receiving(*args) is not None
+    inline = Ingest(archive.index, archive.store, CompressionPolicy(), mode=CompressionMode.INLINE)
+    assert inline.receiving(*args) is None  # it stores what it encodes
+    assert Ingest(archive.index, MemoryObjectStore(), CompressionPolicy()).receiving(*args) is None
+    assert archive.ingest.receiving("1.2.3.4", *args[1:]) is None  # refused later, written never

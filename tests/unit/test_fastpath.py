@@ -64,6 +64,22 @@ class Assoc:
     )
 
 
+class Stream:
+    """A :class:`storage.ingest.Receiving` that records the fragments it was given."""
+
+    def __init__(self, made_for: tuple[str, ...]) -> None:
+        self.made_for = made_for
+        self.fragments: list[bytes] = []
+        self.abandoned = False
+
+    def add(self, data: memoryview) -> None:
+        assert not self.abandoned
+        self.fragments.append(bytes(data))
+
+    def abandon(self) -> None:
+        self.abandoned = True
+
+
 class Target:
     """A store that records what it was given and answers ``answer``."""
 
@@ -71,8 +87,16 @@ class Target:
         self.answer = answer
         self.max_object_size = max_object_size
         self.calls: list[tuple[Any, ...]] = []
+        self.streams: list[Stream] = []
 
-    def store(self, assoc: Any, abstract: str, ts: str, cls: str, inst: str, data: bytes | None, size: int) -> Any:
+    def receiving(self, assoc: Any, abstract: str, ts: str, cls: str, inst: str) -> Stream:
+        self.streams.append(Stream((abstract, ts, cls, inst)))
+        return self.streams[-1]
+
+    def store(
+        self, assoc: Any, abstract: str, ts: str, cls: str, inst: str, data: bytes | None, size: int, stream: Any = None
+    ) -> Any:
+        assert stream is None or stream is self.streams[-1]
         self.calls.append((abstract, ts, cls, inst, data, size))
         return self.answer
 
@@ -138,6 +162,10 @@ def test_a_c_store_is_taken_over_and_answered_as_pynetdicom_would_decode_it() ->
     assert rsp.AffectedSOPClassUID == CTImageStorage
     assert rsp.AffectedSOPInstanceUID == rq.AffectedSOPInstanceUID
     assert rsp.Status == 0x0000
+    # The object was written as the fragments came, and handed to the store with them.
+    [stream] = h.target.streams
+    assert stream.made_for == (CTImageStorage, ExplicitVRLittleEndian, CTImageStorage, rq.AffectedSOPInstanceUID)
+    assert len(stream.fragments) > 1 and b"".join(stream.fragments) == data and not stream.abandoned
 
 
 def test_a_failure_carries_its_comment_and_offending_element() -> None:
@@ -189,6 +217,18 @@ def test_an_oversized_data_set_is_counted_not_kept_and_refused() -> None:
     h.feed(_pdus(_store_rq(b"q" * 5000), C_STORE_RQ, CT_CONTEXT, max_pdu=1024))
     [(_, _, _, _, data, size)] = target.calls
     assert data is None and size == 5000
+    [stream] = target.streams
+    assert stream.abandoned  # dropped once the limit was passed, not written on
+
+
+def test_an_association_ending_mid_data_set_drops_what_was_written() -> None:
+    h = Harness()
+    pdus = _pdus(_store_rq(b"w" * 5000), C_STORE_RQ, CT_CONTEXT, max_pdu=1024)
+    h.feed(pdus[:3])
+    [stream] = h.target.streams
+    assert stream.fragments and not stream.abandoned
+    h.fast.close()
+    assert stream.abandoned and h.target.calls == []
 
 
 def test_a_command_fragment_inside_a_data_set_is_a_protocol_error() -> None:
