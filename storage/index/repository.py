@@ -318,7 +318,7 @@ class Index:
         with another one, :class:`IndexCommitUncertain` when the commit itself failed (it may
         have happened) and :class:`IndexUnavailable` for any other database failure."""
         try:
-            with self._write_lock, self._writer.connect() as conn:
+            with self._durable(), self._write_lock, self._writer.connect() as conn:
                 transaction = conn.begin()
                 try:
                     yield conn
@@ -345,6 +345,16 @@ class Index:
             raise _unavailable(exc) from exc
 
     @contextmanager
+    def _durable(self) -> Iterator[None]:
+        """After a write transaction committed and released the write lock: make it durable
+        (SQLite's WAL is synced here, not inside COMMIT: :mod:`storage.index.engine`)."""
+        yield
+        try:
+            self._write_lock.make_durable()
+        except OSError as exc:
+            raise IndexCommitUncertain(f"index unavailable while making the commit durable: {exc.strerror or exc}") from exc
+
+    @contextmanager
     def read(self) -> Iterator[Connection]:
         try:
             with self.engine.connect() as conn:
@@ -358,7 +368,7 @@ class Index:
         adopted), refuse one newer than this filmless (:class:`IndexUnavailable`).
         Returns the schema's state before and after."""
         try:
-            with self._write_lock, self._writer.begin() as conn:
+            with self._durable(), self._write_lock, self._writer.begin() as conn:
                 return migrate.ensure(conn)
         except DBAPIError as exc:
             raise IndexUnavailable(f"cannot create the index: {_reason(exc)}") from exc

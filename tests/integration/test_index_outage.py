@@ -7,10 +7,13 @@ committed loses its object, and the archive recovers without being rebuilt.
 * A PostgreSQL server stopped (fast shutdown) and crashed (SIGKILL) under an open archive,
   then started again: ingests fail with IndexUnavailable while it is down and succeed again
   afterwards on the same engine (the pool reconnects).
+* SQLite's WAL, synced after COMMIT (outside the write lock), failing to sync: the commit is
+  uncertain, as when its answer is lost.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable, Iterator
 from io import BytesIO
@@ -140,3 +143,60 @@ def test_postgresql_stops_under_an_open_archive(
         assert verify(archive.index, archive.store).ok
     finally:
         archive.close()
+
+
+# ------------------------------------------------------- SQLite: the WAL synced after COMMIT
+
+
+def _sqlite_only(archive: Archive) -> None:
+    if archive.index.engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL's COMMIT is durable by itself")
+
+
+def test_sqlite_commits_are_synced_once_the_write_lock_is_released(
+    make_archive: Callable[..., Archive], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = make_archive()
+    _sqlite_only(archive)
+    (data,) = _ct(1, seed=7)
+    events: list[str] = []
+    lock_type = type(archive.index._write_lock)
+    real_exit, real_sync = lock_type.__exit__, os.fdatasync
+
+    def exit_and_note(self: Any, *exc: object) -> None:
+        real_exit(self, *exc)
+        events.append("unlock")
+
+    def sync_and_note(fd: int) -> None:
+        events.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_sync(fd)
+
+    monkeypatch.setattr(lock_type, "__exit__", exit_and_note)
+    monkeypatch.setattr("storage.index.engine.os.fdatasync", sync_and_note)
+    assert archive.ingest.store_received(_cstore(data)).outcome is Outcome.STORED
+    database = os.path.realpath(str(archive.index.engine.url.database))
+    # The ingest's transaction: its lock released, then the WAL flushed, before the success.
+    assert events[-2:] == ["unlock", database + "-wal"], events
+    with archive.index.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL: COMMIT itself does not sync
+
+
+def test_a_commit_that_cannot_be_made_durable_is_uncertain(
+    make_archive: Callable[..., Archive], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = make_archive()
+    _sqlite_only(archive)
+    (data,) = _ct(1, seed=8)
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr("storage.index.engine.os.fdatasync", failing)
+    with pytest.raises(IndexCommitUncertain, match="durable"):
+        archive.ingest.store_received(_cstore(data))  # the sender gets a failure status
+    monkeypatch.undo()
+    # Committed but perhaps not on disk: the row stands, and its object is kept.
+    assert counts(archive)["instance"] == 1 and len(object_keys(archive)) == 1
+    assert archive.ingest.settle_uncertain(min_age=0) == 1
+    assert len(object_keys(archive)) == 1 and verify(archive.index, archive.store).ok
+    assert archive.ingest.store_received(_cstore(data)).outcome is Outcome.DUPLICATE
