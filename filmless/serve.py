@@ -186,7 +186,7 @@ def shared_listening_sockets(settings: Settings) -> dict[int, socket.socket]:
     socket), made here in the parent; with one, none (the server makes its own)."""
     from dicom_node.server import listening_socket
 
-    if settings.dicom_processes < 2:
+    if settings.receiver_processes < 2:
         return {}
     ports = [settings.dicom_port] + ([settings.dicom_tls_port] if settings.dicom_tls_port else [])
     made: dict[int, socket.socket] = {}
@@ -205,7 +205,7 @@ def start_dicom_workers(
 ) -> list[BaseProcess]:
     return [
         _spawn(dicom_worker_main, settings, number, f"filmless-dicom-{number}", arrivals, listening)
-        for number in range(1, settings.dicom_processes)
+        for number in range(1, settings.receiver_processes)
     ]
 
 
@@ -269,7 +269,7 @@ def serve(settings: Settings) -> int:
     run_dicom = settings.components in ("all", "dicom")
     run_api = settings.components in ("all", "api")
     configure_logging(settings.log_level)
-    if run_dicom and settings.dicom_processes > 1 and settings.dicom_port == 0:
+    if run_dicom and settings.receiver_processes > 1 and settings.dicom_port == 0:
         raise SystemExit("dicom_processes > 1 needs a fixed --dicom-port")
     tls_context = dicom_tls_context(settings) if run_dicom else None
     arrivals = ArrivalClock()
