@@ -64,22 +64,13 @@ class StoreSCP:
         ``size`` exceeds the limit; ``stream`` the object already written as the data set
         arrived (:meth:`receiving`), used or dropped here."""
         try:
-            return self._store(assoc, abstract_syntax, transfer_syntax, sop_class_uid, sop_instance_uid, dataset, size, stream)
+            return self._answer(assoc, abstract_syntax, transfer_syntax, sop_class_uid, sop_instance_uid, dataset, size, stream)
         finally:
             if stream is not None:
                 stream.abandon()  # not used: the request was refused before the ingest
 
-    def _store(
-        self,
-        assoc: Any,
-        abstract_syntax: str,
-        transfer_syntax: str,
-        sop_class_uid: str,
-        sop_instance_uid: str,
-        dataset: bytes | None,
-        size: int,
-        stream: Receiving | None,
-    ) -> Dataset | int:
+    def _answer(self, assoc: Any, *request: Any) -> Dataset | int:
+        abstract_syntax, transfer_syntax, sop_class_uid, sop_instance_uid, dataset, size, stream = request
         calling = assoc.requestor.ae_title.strip()
         host = assoc.requestor.address
         try:
