@@ -64,53 +64,49 @@ class StoreSCP:
         ``size`` exceeds the limit; ``stream`` the object already written as the data set
         arrived (:meth:`receiving`), used or dropped here."""
         try:
-            return self._answer(assoc, abstract_syntax, transfer_syntax, sop_class_uid, sop_instance_uid, dataset, size, stream)
+            calling = assoc.requestor.ae_title.strip()
+            host = assoc.requestor.address
+            try:
+                require(assoc, "store")
+            except NotAuthorized as exc:
+                return failure_response(Status.NOT_AUTHORIZED, exc)
+            try:
+                if dataset is None:
+                    raise self.ingest.too_large(size)
+                requested = sop_class_uid or abstract_syntax
+                if requested != abstract_syntax:
+                    raise SOPClassMismatch(f"request SOP Class {requested} does not match the context's {abstract_syntax}")
+                received = Received(
+                    dataset=dataset,
+                    transfer_syntax_uid=transfer_syntax,
+                    source=Source(aet=calling, host=host),
+                    expected_sop_class_uid=abstract_syntax,
+                    expected_sop_instance_uid=sop_instance_uid or None,
+                    stream=stream,
+                )
+                self.ingest.store_received(received)
+                return int(Status.SUCCESS)
+            except RejectedInstance as exc:
+                status = status_for(exc)
+                log.warning(
+                    "C-STORE from %s@%s rejected (%s, 0x%04X): %s",
+                    calling,
+                    host,
+                    status.name,
+                    status,
+                    exc.reason,
+                )
+                return failure_response(status, exc)
+            except ArchiveError as exc:
+                status = status_for(exc)
+                log.error("C-STORE from %s@%s failed (%s): %s", calling, host, status.name, exc)
+                return failure_response(status, exc)
+            except Exception as exc:  # noqa: BLE001 - never let a bug become an unanswered request
+                log.exception("C-STORE from %s@%s failed unexpectedly", calling, host)
+                return failure_response(Status.PROCESSING_FAILURE, exc)
         finally:
             if stream is not None:
-                stream.abandon()  # not used: the request was refused before the ingest
-
-    def _answer(self, assoc: Any, *request: Any) -> Dataset | int:
-        abstract_syntax, transfer_syntax, sop_class_uid, sop_instance_uid, dataset, size, stream = request
-        calling = assoc.requestor.ae_title.strip()
-        host = assoc.requestor.address
-        try:
-            require(assoc, "store")
-        except NotAuthorized as exc:
-            return failure_response(Status.NOT_AUTHORIZED, exc)
-        try:
-            if dataset is None:
-                raise self.ingest.too_large(size)
-            requested = sop_class_uid or abstract_syntax
-            if requested != abstract_syntax:
-                raise SOPClassMismatch(f"request SOP Class {requested} does not match the context's {abstract_syntax}")
-            received = Received(
-                dataset=dataset,
-                transfer_syntax_uid=transfer_syntax,
-                source=Source(aet=calling, host=host),
-                expected_sop_class_uid=abstract_syntax,
-                expected_sop_instance_uid=sop_instance_uid or None,
-                stream=stream,
-            )
-            self.ingest.store_received(received)
-            return int(Status.SUCCESS)
-        except RejectedInstance as exc:
-            status = status_for(exc)
-            log.warning(
-                "C-STORE from %s@%s rejected (%s, 0x%04X): %s",
-                calling,
-                host,
-                status.name,
-                status,
-                exc.reason,
-            )
-            return failure_response(status, exc)
-        except ArchiveError as exc:
-            status = status_for(exc)
-            log.error("C-STORE from %s@%s failed (%s): %s", calling, host, status.name, exc)
-            return failure_response(status, exc)
-        except Exception as exc:  # noqa: BLE001 - never let a bug become an unanswered request
-            log.exception("C-STORE from %s@%s failed unexpectedly", calling, host)
-            return failure_response(Status.PROCESSING_FAILURE, exc)
+                stream.abandon()  # not used if the request was refused before the ingest
 
 
 def handle_store(event: Event, scp: StoreSCP) -> Dataset | int:
